@@ -1,0 +1,253 @@
+"""The ``fspkd`` command line: train, distill, eval, demo, reproduce, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import RunConfig, Schedule, load_yaml
+from .errors import FspkdError
+
+# flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
+RUN_FLAGS = {
+    "--data": ("data", str, "KIND:PATH (cifar10:, cifar100:, imagefolder:, cub200:) or 'synthetic' (built in)"),
+    "--val-split": ("val_split", float, "fraction of the training set held out for validation (default 0)"),
+    "--normalize": ("normalize", str, "dataset (default) | imagenet | none | R,G,B:R,G,B (mean:std)"),
+    "--image-size": ("image_size", int, "resize + centre-crop size for imagefolder / cub200 data"),
+    "--batch-size": ("batch_size", int, "global batch size over all processes (default 128)"),
+    "--seed": ("seed", int, "random seed (default 0); runs are deterministic on CPU"),
+    "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
+    "--model": ("model", str, "network to train (the student); see 'fspkd models'"),
+    "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
+}
+SCHEDULE_FLAGS = {
+    "iterations": (int, "optimiser steps"),
+    "lr": (float, "initial learning rate"),
+    "milestones": (lambda s: [int(v) for v in s.split(",") if v], "comma-separated iterations where lr *= 0.1 "
+                   "(default: 50%% and 75%% of the iterations, the paper's shape)"),
+    "optimizer": (str, "sgd (momentum 0.9, the paper) or adam"),
+    "weight-decay": (float, "weight decay (default 1e-4)"),
+    "warmup": (int, "iterations of linear lr warm-up (default 0)"),
+    "clip-grad": (float, "clip the gradient norm to this value (default 0 = off)"),
+}
+DISTILL_FLAGS = {
+    "--method": ("method", str, "fsp (default) | kd | fitnet | copy"),
+    "--teacher": ("teacher", str, "teacher checkpoint: one of our run folders / .pt files, or a foreign state dict"),
+    "--teacher-model": ("teacher_model", str, "the teacher's architecture (needed for foreign checkpoints)"),
+    "--students": ("students", int, "stage-2 students trained from one stage 1 (default 1)"),
+    "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
+    "--fsp-first": ("fsp_first", str, "section start taken 'before' (default) or 'after' its down-sampling block"),
+    "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
+    "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
+    "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
+    "--fitnet-hints": ("fitnet_hints", int, "1 hint in the middle (default) or 3, one per section"),
+}
+PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
+                "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except FspkdError as err:
+        print(f"fspkd: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fspkd: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fspkd", description="Knowledge distillation with FSP matrices (Yim et al., CVPR 2017)."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    train = sub.add_parser("train", help="plain supervised training (teachers, from-scratch baselines)")
+    _add_run_flags(train)
+    train.set_defaults(handler=_train, method="plain")
+    distill = sub.add_parser("distill", help="train a student from a teacher: FSP (two stages), KD, FitNet, copy")
+    _add_run_flags(distill)
+    for flag, (_, kind, text) in DISTILL_FLAGS.items():
+        distill.add_argument(flag, type=kind, help=text, default=argparse.SUPPRESS)
+    distill.add_argument("--fsp-pairs", help="FSP tap pairs for any model: 'a>b,c>d' module paths "
+                         "(append ':input' for a module's input)", default=argparse.SUPPRESS)
+    distill.add_argument("--teacher-fsp-pairs", help="the teacher's pairs when its module names differ",
+                         default=argparse.SUPPRESS)
+    distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="teacher architecture option, e.g. width=4 (repeatable)")
+    _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
+    distill.set_defaults(handler=_distill)
+    evaluate = sub.add_parser("eval", help="accuracy of networks and of their ensemble (averaged softmax)")
+    evaluate.add_argument("--weights", nargs="+", required=True, help="checkpoints (ours or foreign)")
+    evaluate.add_argument("--model", help="architecture (default: the one stored in our checkpoints)")
+    evaluate.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE")
+    evaluate.add_argument("--data", default="synthetic", help="data spec, as for train")
+    evaluate.add_argument("--split", default="test", choices=["test", "val", "train"])
+    evaluate.add_argument("--val-split", type=float, default=0.0, help="the held-out fraction used in training")
+    evaluate.add_argument("--seed", type=int, default=0, help="the seed of that split")
+    evaluate.add_argument("--normalize", help="default: the statistics stored in our checkpoints, else 'dataset'")
+    evaluate.add_argument("--image-size", type=int)
+    evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
+    evaluate.set_defaults(handler=_eval)
+    demo = sub.add_parser("demo", help="the main job on the built-in data in a few minutes: teacher, "
+                          "FSP / scratch / FitNet / KD students, table and report.md with plots")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    demo.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (default 1)")
+    demo.set_defaults(handler=_demo)
+    models = sub.add_parser("models", help="list the model names")
+    models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
+    return parser
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML file of run settings (flags override it)")
+    parser.add_argument("--out", required=True, help="output folder of the run")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the local GPU if any, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    for flag, (_, kind, text) in RUN_FLAGS.items():
+        parser.add_argument(flag, type=kind, help=text, default=argparse.SUPPRESS)
+    parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="model option, e.g. width=4 or shortcut=B (repeatable)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="pad 4 + random crop (default: the data set's, as the paper: CIFAR-100 none)")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="random horizontal flips (default off: the paper does not mention them)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="channels-last memory format (often faster on CPU)")
+    _add_schedule_flags(parser, "", "the task stage (stage 2 of two-stage methods)")
+
+
+def _add_schedule_flags(parser, prefix: str, what: str) -> None:
+    group = parser.add_argument_group(f"schedule of {what}")
+    for name, (kind, text) in SCHEDULE_FLAGS.items():
+        group.add_argument(f"--{prefix}{name}", type=kind, help=text, default=argparse.SUPPRESS,
+                           dest=f"{prefix}{name}".replace("-", "_"))
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults, then the --config file, then the flags given."""
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    given = vars(args)
+    for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
+        dest = flag[2:].replace("-", "_")
+        if dest in given:
+            data[key] = given[dest]
+    for flag in ("augment", "flip", "channels_last"):
+        if flag in given:
+            data[flag] = given[flag]
+    for key in ("fsp_pairs", "teacher_fsp_pairs"):
+        if key in given:
+            data[key] = _parse_pairs(given[key])
+    data["method"] = given.get("method", data.get("method", "fsp"))
+    _merge_options(data, "model_options", given.get("model_option", []))
+    _merge_options(data, "teacher_options", given.get("teacher_option", []))
+    config = RunConfig.from_dict(data, where=args.config or "configuration")
+    config.train = _schedule_from_args(config.train, given, "")
+    if config.method in PAPER_STAGE1 or config.stage1 is not None:
+        config.stage1 = _schedule_from_args(config.stage1 or PAPER_STAGE1[config.method], given, "stage1_")
+    return config
+
+
+def _schedule_from_args(schedule: Schedule, given: dict, prefix: str) -> Schedule:
+    values = {k: v for k, v in vars(schedule).items()}
+    for name in SCHEDULE_FLAGS:
+        dest = f"{prefix}{name}".replace("-", "_")
+        if dest in given:
+            values[name.replace("-", "_")] = given[dest]
+    if f"{prefix}iterations" in given and f"{prefix}milestones" not in given:
+        iterations = values["iterations"]
+        values["milestones"] = [round(0.5 * iterations), round(0.75 * iterations)]
+    return Schedule(**values)
+
+
+def _parse_pairs(text: str) -> list[list[str]]:
+    pairs = [p.split(">") for p in text.split(",") if p]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
+        raise FspkdError(f"--fsp-pairs expects 'first>second,first>second', got {text!r}")
+    return pairs
+
+
+def _merge_options(data: dict, key: str, items: list[str]) -> None:
+    options = dict(data.get(key) or {})
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise FspkdError(f"model options are KEY=VALUE, got {item!r}")
+        options[name] = _literal(value)
+    data[key] = options
+
+
+def _literal(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _run(args, config: RunConfig) -> int:
+    from .engine import train
+
+    summary = train(config, args.out, resume=args.resume, progress=not args.quiet, device=args.device)
+    if not args.quiet:
+        shown = {k: summary.get(k) for k in ("val_acc", "test_acc", "ensemble_val_acc", "ensemble_test_acc")}
+        print(json.dumps({k: round(v, 2) for k, v in shown.items() if v is not None}))
+    return 0
+
+
+def _train(args) -> int:
+    config = config_from_args(args)
+    config.method = "plain"
+    config.stage1 = None
+    return _run(args, config)
+
+
+def _distill(args) -> int:
+    return _run(args, config_from_args(args))
+
+
+def _eval(args) -> int:
+    from .inference import evaluate_checkpoints
+
+    results = evaluate_checkpoints(
+        args.weights, data=args.data, split=args.split, model=args.model,
+        model_options=dict(_option_pairs(args.model_option)), normalize=args.normalize,
+        val_split=args.val_split, seed=args.seed, image_size=args.image_size,
+    )
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results["networks"]:
+        print(f"{item['accuracy']:6.2f}%  {item['weights']}")
+    if "ensemble_accuracy" in results:
+        print(f"{results['ensemble_accuracy']:6.2f}%  ensemble of {len(results['networks'])} (averaged softmax)")
+    return 0
+
+
+def _option_pairs(items):
+    data: dict = {}
+    _merge_options(data, "options", items)
+    return data["options"].items()
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), scale=args.scale)
+    return 0
+
+
+def _list_models() -> list[str]:
+    from .models import list_models
+
+    return list_models()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""Run configuration: plain dataclasses that round-trip through YAML, validated before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import FspkdError
+
+
+@dataclass
+class Schedule:
+    """One training stage's optimiser and multi-step learning-rate schedule."""
+
+    iterations: int = 1000  # optimiser steps in this stage
+    lr: float = 0.1  # initial learning rate
+    milestones: list[int] = field(default_factory=list)  # iterations at which lr is multiplied by gamma
+    gamma: float = 0.1  # lr factor at each milestone
+    optimizer: str = "sgd"  # sgd (momentum) or adam
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup: int = 0  # iterations of linear lr warm-up from 0 (0 = none, the paper)
+    clip_grad: float = 0.0  # max gradient norm (0 = no clipping, the paper)
+
+    def lr_at(self, iteration: int) -> float:
+        """Learning rate used for the step that starts at ``iteration`` (0-based)."""
+        lr = self.lr * self.gamma ** sum(iteration >= m for m in self.milestones)
+        if self.warmup and iteration < self.warmup:
+            lr *= (iteration + 1) / self.warmup
+        return lr
+
+    def scaled(self, factor: float) -> "Schedule":
+        """The same schedule with every iteration count multiplied by ``factor`` (at least one step)."""
+        return dataclasses.replace(
+            self,
+            iterations=max(1, round(self.iterations * factor)),
+            milestones=[max(1, round(m * factor)) for m in self.milestones],
+            warmup=round(self.warmup * factor),
+        )
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``fspkd train`` / ``fspkd distill`` run needs; saved as ``config.yaml`` with the run."""
+
+    method: str = "plain"  # plain | fsp | kd | fitnet | copy
+    model: str = "resnet20"  # student (or the trained net for plain)
+    model_options: dict[str, Any] = field(default_factory=dict)  # e.g. {width: 4, shortcut: B}
+    data: str = "synthetic"  # KIND:PATH or a built-in name
+    val_split: float = 0.0  # fraction of train held out for validation
+    normalize: str = "dataset"  # dataset | imagenet | none | R,G,B:R,G,B
+    augment: bool | None = None  # pad 4 + random crop; None = the data set's default (paper: CIFAR-10 yes, CIFAR-100 no)
+    flip: bool = False  # random horizontal flips (the paper does not mention them)
+    image_size: int | None = None  # for imagefolder / cub200 (resize + centre crop)
+    batch_size: int = 128  # global batch over all ranks
+    seed: int = 0
+    eval_every: int = 500  # iterations between evaluations (and checkpoints)
+    eval_batch_size: int = 500
+    teacher: str | None = None  # checkpoint of the teacher (our run dir/checkpoint or a foreign state dict)
+    teacher_model: str | None = None  # teacher architecture; defaults to the one stored in our checkpoints
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+    stage1: Schedule | None = None  # FSP / FitNet-hint stage; None for single-stage methods
+    train: Schedule = field(default_factory=Schedule)  # the task stage (stage 2 of two-stage methods)
+    students: int = 1  # stage-2 students trained from one stage 1
+    # FSP
+    fsp_lambda: float = 1.0  # lambda of Eq. 2, one for all pairs
+    fsp_first: str = "before"  # section start taken before or after the down-sampling block
+    fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
+    teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
+    shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
+    # Hinton KD (and FitNet's stage 2)
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
+    # FitNet
+    fitnet_hints: int = 1  # 1 = one hint in the middle of the network, 3 = one per section
+    fitnet_temperature: float = 3.0  # the paper's tau for FitNet's KD stage
+    fitnet_kd_weight: list[float] = field(default_factory=lambda: [4.0, 1.0])  # lambda from .. to, linearly
+    channels_last: bool = False
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
+
+    def validate(self) -> "RunConfig":
+        for name, schedule in (("train", self.train), ("stage1", self.stage1)):
+            if schedule is not None:
+                _validate_schedule(name, schedule)
+        if not 0.0 <= self.val_split < 1.0:
+            raise FspkdError(f"val_split must be in [0, 1), got {self.val_split}")
+        for key in ("batch_size", "eval_every", "eval_batch_size", "students"):
+            if getattr(self, key) < 1:
+                raise FspkdError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.fsp_first not in ("before", "after"):
+            raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
+        if self.fitnet_hints not in (1, 3):
+            raise FspkdError(f"fitnet_hints must be 1 or 3, got {self.fitnet_hints}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise FspkdError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "configuration") -> "RunConfig":
+        data = dict(data)
+        _refuse_unknown(data, cls, where)
+        for name in ("stage1", "train"):
+            if isinstance(data.get(name), dict):
+                _refuse_unknown(data[name], Schedule, f"{where}, {name}")
+                data[name] = Schedule(**data[name])
+        return cls(**data)
+
+
+def _validate_schedule(name: str, schedule: Schedule) -> None:
+    if schedule.iterations < 1:
+        raise FspkdError(f"{name}.iterations must be at least 1, got {schedule.iterations}")
+    if not schedule.lr > 0:
+        raise FspkdError(f"{name}.lr must be > 0, got {schedule.lr}")
+    if any(m < 0 for m in schedule.milestones):
+        raise FspkdError(f"{name}.milestones must be non-negative iterations, got {schedule.milestones}")
+    if schedule.optimizer not in ("sgd", "adam"):
+        raise FspkdError(f"{name}.optimizer must be 'sgd' or 'adam', got {schedule.optimizer!r}")
+    if schedule.weight_decay < 0 or schedule.warmup < 0 or schedule.clip_grad < 0:
+        raise FspkdError(f"{name}: weight_decay, warmup and clip_grad must be >= 0")
+
+
+def _refuse_unknown(data: dict[str, Any], cls: type, where: str) -> None:
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(known)}"
+            raise FspkdError(f"unknown key {key!r} in {where}{hint}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing file or bad YAML."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FspkdError(f"configuration file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise FspkdError(f"{path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FspkdError(f"{path} must hold a mapping of configuration keys, got {type(data).__name__}")
+    return data
+
+
+def save_yaml(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

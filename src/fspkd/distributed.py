@@ -1,0 +1,75 @@
+"""Process-group set-up for ``torchrun`` (gloo on CPU, NCCL on GPU) and the few collectives the engine needs."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None) -> Context:
+    """Join the process group that ``torchrun`` describes in the environment (a no-op for one process)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device is None:
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Context(rank, world_size, device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The mean of ``values`` over all ranks (the values themselves on one process)."""
+    if not ctx.distributed:
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values / ctx.world_size
+
+
+def sum_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    if not ctx.distributed:
+        return values
+    values = values.detach().clone()
+    dist.all_reduce(values)
+    return values
+
+
+def any_rank(flag: bool, ctx: Context) -> bool:
+    """True when ``flag`` is true on any rank (so all ranks stop together)."""
+    if not ctx.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=ctx.device)
+    dist.all_reduce(value)
+    return bool(value.item())
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()

@@ -1,0 +1,406 @@
+"""The one training loop: every method and stage, evaluation, metrics, atomic checkpoints and resume.
+
+A run's folder holds ``config.yaml``, ``metrics.csv``, ``checkpoints/last.pt`` (everything needed to resume),
+``checkpoints/stage1.pt`` (the shared stage-1 weights of a two-stage method), ``final.pt`` (or ``final-K.pt``
+for several students) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, Schedule, load_yaml, save_yaml
+from .data import BatchLoader, load_dataset, parse_normalize
+from .errors import FspkdError
+from .evaluate import accuracy, ensemble_accuracy, predict
+from .inference import load_network
+from .methods import get_method
+from .models import create
+from .runlog import MetricsFile, Progress
+
+LOG_EVERY = 20  # iterations between metrics rows (evaluations add their own rows)
+
+
+class NonFiniteLoss(FspkdError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Position:
+    """Where a run stands: which student (member), which stage, how many steps of it are done."""
+
+    member: int = 0
+    stage_index: int = 0
+    iteration: int = 0
+
+    def key(self):
+        return (self.member, self.stage_index, self.iteration)
+
+
+def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          device: str | None = None) -> dict:
+    """Run ``config`` into ``out_dir`` (or continue it with ``resume``) and return its summary."""
+    ctx = distributed.setup(device)
+    out = Path(out_dir)
+    config = _prepare_out_dir(config.validate(), out, resume, ctx)
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    run = Run(config, out, ctx, progress)
+    try:
+        return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
+    finally:
+        run.method.close()
+
+
+def _prepare_out_dir(config: RunConfig, out: Path, resume: bool, ctx) -> RunConfig:
+    saved = out / "config.yaml"
+    if saved.exists():
+        if not resume:
+            raise FspkdError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        stored = RunConfig.from_dict(load_yaml(saved), where=str(saved))
+        differing = [k for k, v in stored.to_dict().items() if v != config.to_dict()[k]]
+        if differing and config != RunConfig():
+            raise FspkdError(
+                f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
+                "resume with the same settings (or with none: the saved config.yaml is used)"
+            )
+        return stored.validate()
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise FspkdError(f"{out} exists and is not empty; choose another --out")
+    if ctx.is_main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_yaml(saved, config.to_dict())
+    distributed.barrier(ctx)
+    return config
+
+
+def build_model(name: str, options: dict, num_classes: int) -> nn.Module:
+    return create(name, num_classes=num_classes, **options)
+
+
+def load_teacher(config: RunConfig, num_classes: int, device) -> nn.Module:
+    """The teacher from one of our runs (folder or checkpoint) or from a foreign state dict + --teacher-model."""
+    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, num_classes)
+    return teacher.to(device)
+
+
+class Run:
+    """One configured run: data, models and method built once; ``execute`` walks members and stages."""
+
+    def __init__(self, config: RunConfig, out: Path, ctx, progress: bool):
+        self.config, self.out, self.ctx = config, out, ctx
+        self.show_progress = progress and ctx.is_main
+        torch.manual_seed(config.seed)
+        self.splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed,
+                                   image_size=config.image_size)
+        self.mean, self.std = parse_normalize(config.normalize, self.splits)
+        self.augment = self.splits.default_augment if config.augment is None else config.augment
+        self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
+        if config.channels_last:
+            self.student = self.student.to(memory_format=torch.channels_last)
+        teacher = load_teacher(config, self.splits.num_classes, ctx.device) if config.teacher else None
+        self.method = get_method(config.method)(self.student, teacher, config)
+        self.method.check(self._example_batch())
+        self.metrics = MetricsFile(out / "metrics.csv")
+        self.wall = 0.0
+        self.stage_stats: dict[str, dict] = {}
+
+    def _example_batch(self) -> torch.Tensor:
+        loader = self._loader(seed=self.config.seed, train=False)
+        return next(iter(loader))[0].to(self.ctx.device)
+
+    def _loader(self, seed: int, train: bool = True) -> BatchLoader:
+        data = self.splits.train
+        return BatchLoader(
+            data.images, data.labels, self.config.batch_size, mean=self.mean, std=self.std, train=train,
+            augment=self.augment and train, flip=self.config.flip, seed=seed, rank=self.ctx.rank,
+            world_size=self.ctx.world_size, channels_last=self.config.channels_last,
+        )
+
+    # -- the walk over members and stages ------------------------------------------------------------------
+    def execute(self, resume: bool) -> dict:
+        stages = self.method.stages
+        shared, final_stage = stages[:-1], stages[-1]
+        start, saved = (self._restore() if resume else (Position(), None))
+        if not resume and self.ctx.is_main:
+            self.metrics.truncate_after(lambda row: False)
+        members = []
+        for member in range(self.config.students):
+            if member < start.member:  # finished before the interruption
+                self.student.load_state_dict(load_checkpoint(self.out / self._final_name(member))["model"])
+                members.append(self._evaluate_member(member))
+                continue
+            plan = list(shared) + [final_stage] if member == 0 else [final_stage]
+            for stage in plan:
+                index = stages.index(stage)
+                if (member, index) < (start.member, start.stage_index):
+                    continue
+                if saved is not None and (member, index) == (start.member, start.stage_index):
+                    self._train_stage(member, stage, start.iteration, saved)
+                else:
+                    self._begin_member(member, stage)
+                    self._train_stage(member, stage, 0, None)
+                if stage != final_stage and self.ctx.is_main:
+                    save_checkpoint(self.out / "checkpoints" / f"{stage}.pt", self._weights_payload())
+                distributed.barrier(self.ctx)
+            self._save_final(member)
+            members.append(self._evaluate_member(member))
+        return self._write_summary(members)
+
+    def _begin_member(self, member: int, stage: str) -> None:
+        """A later student starts from the shared stage-1 weights (or, single-stage, from a fresh init)."""
+        if member == 0:
+            return
+        if stage == self.method.stages[0]:  # single-stage method: a fresh, differently seeded network
+            torch.manual_seed(self.config.seed + member)
+            fresh = build_model(self.config.model, self.config.model_options, self.splits.num_classes)
+            self.student.load_state_dict(fresh.state_dict())
+        else:
+            stage1 = load_checkpoint(self.out / "checkpoints" / f"{self.method.stages[0]}.pt")
+            self.student.load_state_dict(stage1["model"])
+
+    # -- one stage ------------------------------------------------------------------------------------------
+    def _train_stage(self, member: int, stage: str, start_iteration: int, saved: dict | None) -> None:
+        schedule = self.method.schedule(stage)
+        stage_index = self.method.stages.index(stage)
+        self.method.begin_stage(stage)
+        self.student.train()
+        optimizer = make_optimizer(schedule, self.method.parameters(stage))
+        loader = self._loader(seed=self.config.seed + 1000 * member + stage_index)
+        if saved is not None:
+            optimizer.load_state_dict(saved["optimizer"])
+            loader.load_state_dict(saved["loader"])
+            torch.set_rng_state(saved["rng"])
+        self._wrap_student(stage)
+        scaler = torch.amp.GradScaler(enabled=self.config.precision == "fp16" and self.ctx.device.type == "cuda")
+        batches = iter(loader)
+        label = stage if self.config.students == 1 else f"student {member + 1} {stage}"
+        bar = Progress(schedule.iterations, label, initial=start_iteration, enabled=self.show_progress)
+        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0})
+        for iteration in range(start_iteration, schedule.iterations):
+            started = time.perf_counter()
+            lr = schedule.lr_at(iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            images, labels = next(batches)
+            images, labels = images.to(self.ctx.device, non_blocking=True), labels.to(self.ctx.device)
+            with self._autocast():
+                output = self.method.step(stage, images, labels, iteration / max(schedule.iterations - 1, 1))
+            self._check_finite(output, stage, iteration)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(output["loss"]).backward()
+            self._sync_extra_gradients(stage)
+            if schedule.clip_grad:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(self.method.parameters(stage), schedule.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            elapsed = time.perf_counter() - started
+            self.wall += elapsed
+            stats["iterations"] += 1
+            stats["wall_s"] += elapsed
+            done = iteration + 1
+            loss_value = float(output["loss"].detach())
+            bar.update(done, loss_value, lr)
+            position = Position(member, stage_index, done)
+            is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
+            if done % LOG_EVERY == 0 or is_eval:
+                row = self._train_row(position, stage, lr, output, labels)
+                if is_eval:
+                    if output["logits"] is not None:  # a stage-1 student's head is untrained: nothing to measure
+                        row.update(self._evaluate_row())
+                    self._checkpoint(position, optimizer, loader)
+                if self.ctx.is_main:
+                    self.metrics.append(row)
+                if is_eval and row.get("val_acc") is not None:
+                    bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
+        bar.close()
+        self.method.student_forward = self.student
+        self.method.end_stage(stage)
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(self.ctx.device.type, dtype=dtype)
+
+    def _wrap_student(self, stage: str) -> None:
+        if not self.ctx.distributed:
+            self.method.student_forward = self.student
+            return
+        # stage 1 of FSP never uses the classifier head: DDP must not wait for its gradients
+        self.method.student_forward = DistributedDataParallel(
+            self.student, find_unused_parameters=stage == "stage1"
+        )
+
+    def _sync_extra_gradients(self, stage: str) -> None:
+        """Average the gradients of learnable modules outside the DDP-wrapped student (FitNet's regressors)."""
+        if not self.ctx.distributed:
+            return
+        for module in self.method.extra_modules(stage).values():
+            for p in module.parameters():
+                if p.grad is not None:
+                    p.grad.copy_(distributed.mean_over_ranks(p.grad, self.ctx))
+
+    def _check_finite(self, output: dict, stage: str, iteration: int) -> None:
+        finite = bool(torch.isfinite(output["loss"].detach()).all())
+        if not distributed.any_rank(not finite, self.ctx):
+            return
+        bad = [name for name, v in output["parts"].items() if not torch.isfinite(v.detach()).all()]
+        last = self.out / "checkpoints" / "last.pt"
+        kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+        raise NonFiniteLoss(
+            f"non-finite loss at iteration {iteration + 1} of {stage} (term {', '.join(bad) or 'loss'}: "
+            f"{float(output['loss'].detach())}); {kept}. Lower the learning rate (or fsp_lambda), or add "
+            "warm-up / gradient clipping"
+        )
+
+    # -- metrics, evaluation, checkpoints -------------------------------------------------------------------
+    def _train_row(self, position: Position, stage: str, lr: float, output: dict, labels) -> dict:
+        values = {name: float(v.detach()) for name, v in output["parts"].items()}
+        values["loss"] = float(output["loss"].detach())
+        names = sorted(values)
+        reduced = distributed.mean_over_ranks(torch.tensor([values[n] for n in names], device=self.ctx.device),
+                                              self.ctx).tolist()
+        row = dict(zip(names, reduced))
+        if output["logits"] is not None:
+            hits = (output["logits"].detach().argmax(1) == labels).float().mean()
+            row["train_acc"] = 100.0 * float(distributed.mean_over_ranks(hits, self.ctx))
+        row.update(member=position.member, stage=stage, iteration=position.iteration, wall_s=self.wall, lr=lr)
+        return row
+
+    def _evaluate_row(self) -> dict:
+        row = {}
+        for name, images in (("val_acc", self.splits.val), ("test_acc", self.splits.test)):
+            if images is not None:
+                probs, labels = self._predict(images)
+                row[name] = accuracy(probs, labels, self.ctx)
+        return row
+
+    def _predict(self, images):
+        return predict(self.student, images, self.mean, self.std, batch_size=self.config.eval_batch_size,
+                       ctx=self.ctx, channels_last=self.config.channels_last)
+
+    def _weights_payload(self) -> dict:
+        return {
+            "model": self.student.state_dict(),
+            "model_name": self.config.model,
+            "model_options": dict(self.config.model_options),
+            "num_classes": self.splits.num_classes,
+            "classes": list(self.splits.classes),
+            "mean": list(map(float, self.mean)),
+            "std": list(map(float, self.std)),
+        }
+
+    def _checkpoint(self, position: Position, optimizer, loader) -> None:
+        if not self.ctx.is_main:
+            return
+        stage = self.method.stages[position.stage_index]
+        payload = self._weights_payload()
+        payload.update(
+            position=[position.member, position.stage_index, position.iteration],
+            optimizer=optimizer.state_dict(),
+            loader=loader.state_dict(),
+            rng=torch.get_rng_state(),
+            wall=self.wall,
+            stage_stats=self.stage_stats,
+            extra={name: m.state_dict() for name, m in self.method.extra_modules(stage).items()},
+        )
+        save_checkpoint(self.out / "checkpoints" / "last.pt", payload)
+
+    def _restore(self) -> tuple[Position, dict]:
+        saved = load_checkpoint(self.out / "checkpoints" / "last.pt")
+        position = Position(*saved["position"])
+        self.student.load_state_dict(saved["model"])
+        stage = self.method.stages[position.stage_index]
+        for name, module in self.method.extra_modules(stage).items():
+            module.load_state_dict(saved["extra"][name])
+        self.wall = saved["wall"]
+        self.stage_stats = saved["stage_stats"]
+        stages = self.method.stages
+        if self.ctx.is_main:
+            self.metrics.truncate_after(
+                lambda row: (int(row["member"]), stages.index(row["stage"]), int(row["iteration"]))
+                <= position.key()
+            )
+        if position.iteration >= self.method.schedule(stage).iterations:  # the stage was complete
+            if stage != stages[-1] and self.ctx.is_main:
+                save_checkpoint(self.out / "checkpoints" / f"{stage}.pt", self._weights_payload())
+            if stage == stages[-1]:
+                self._save_final(position.member)
+            position = self._next_position(position)
+            saved = None
+        return position, saved
+
+    def _next_position(self, position: Position) -> Position:
+        last_stage = len(self.method.stages) - 1
+        if position.stage_index < last_stage:
+            return Position(position.member, position.stage_index + 1, 0)
+        return Position(position.member + 1, last_stage, 0)
+
+    def _final_name(self, member: int) -> str:
+        return "final.pt" if self.config.students == 1 else f"final-{member + 1}.pt"
+
+    def _save_final(self, member: int) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.out / self._final_name(member), self._weights_payload())
+
+    def _evaluate_member(self, member: int) -> dict:
+        result = {"weights": self._final_name(member)}
+        for key, images in (("val", self.splits.val), ("test", self.splits.test)):
+            if images is not None:
+                probs, labels = self._predict(images)
+                result[f"{key}_acc"] = accuracy(probs, labels, self.ctx)
+                result[f"{key}_probs"], result[f"{key}_labels"] = probs, labels
+        return result
+
+    def _write_summary(self, members: list[dict]) -> dict:
+        summary = {
+            "method": self.config.method,
+            "model": self.config.model,
+            "teacher": self.config.teacher,
+            "data": self.config.data,
+            "num_classes": self.splits.num_classes,
+            "students": self.config.students,
+        }
+        for key in ("val", "test"):
+            accs = [m[f"{key}_acc"] for m in members if f"{key}_acc" in m]
+            summary[f"{key}_acc"] = sum(accs) / len(accs) if accs else None
+            if len(members) > 1 and accs and not self.ctx.distributed:
+                summary[f"ensemble_{key}_acc"] = ensemble_accuracy(
+                    [m[f"{key}_probs"] for m in members], members[0][f"{key}_labels"]
+                )
+        summary["members"] = [
+            {k: v for k, v in m.items() if not k.endswith(("_probs", "_labels"))} for m in members
+        ]
+        summary["stages"] = {
+            name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
+            for name, s in self.stage_stats.items()
+        }
+        summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
+        summary["total_wall_s"] = self.wall
+        if self.ctx.is_main:
+            tmp = self.out / "summary.json.tmp"
+            tmp.write_text(json.dumps(summary, indent=2))
+            tmp.replace(self.out / "summary.json")
+        return summary
+
+
+def make_optimizer(schedule: Schedule, params) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if schedule.optimizer == "adam":
+        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)

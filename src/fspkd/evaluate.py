@@ -1,0 +1,48 @@
+"""Accuracy of one network and of an ensemble (averaged softmax), on a held-out image set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+
+from .data import BatchLoader, ImageSet
+from .distributed import Context, sum_over_ranks
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, images: ImageSet, mean, std, *, batch_size: int = 500,
+            ctx: Context = Context(), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax probabilities and labels of this rank's share of ``images``, in order."""
+    was_training = model.training
+    model.eval()
+    loader = BatchLoader(images.images, images.labels, batch_size, mean=mean, std=std, train=False,
+                         augment=False, rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
+    probs, labels = [], []
+    for x, y in loader:
+        probs.append(model(x.to(ctx.device)).float().softmax(dim=1).cpu())
+        labels.append(y)
+    model.train(was_training)
+    if not probs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(probs), torch.cat(labels)
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor, ctx: Context = Context()) -> float:
+    """Top-1 accuracy in percent over all ranks' shares."""
+    correct = (probs.argmax(dim=1) == labels).sum() if len(labels) else torch.tensor(0)
+    counts = torch.tensor([float(correct), float(len(labels))], device=ctx.device)
+    correct, total = sum_over_ranks(counts, ctx).tolist()
+    return 100.0 * correct / max(total, 1.0)
+
+
+def evaluate(model: nn.Module, images: ImageSet, mean, std, **kwargs) -> float:
+    probs, labels = predict(model, images, mean, std, **kwargs)
+    return accuracy(probs, labels, kwargs.get("ctx", Context()))
+
+
+def ensemble_accuracy(all_probs: Sequence[torch.Tensor], labels: torch.Tensor) -> float:
+    """Accuracy of the averaged softmax of several networks (the paper's ensembles)."""
+    mean_probs = torch.stack(list(all_probs)).mean(dim=0)
+    return accuracy(mean_probs, labels)

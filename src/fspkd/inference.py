@@ -1,0 +1,62 @@
+"""``fspkd eval``: rebuild networks from checkpoints and measure them, alone and as an ensemble."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checkpoint import load_checkpoint, load_state_dict_file, load_weights
+from .data import load_dataset, parse_normalize
+from .errors import FspkdError
+from .evaluate import accuracy, ensemble_accuracy, predict
+from .models import create
+
+
+def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | None = None,
+                         model_options: dict | None = None, normalize: str | None = None,
+                         val_split: float = 0.0, seed: int = 0, image_size: int | None = None) -> dict:
+    """Accuracy (percent) of every checkpoint on ``split`` and, for several, of their averaged softmax."""
+    splits = load_dataset(data, val_split=val_split, seed=seed, image_size=image_size)
+    images = getattr(splits, split)
+    if images is None:
+        raise FspkdError(f"{data} has no {split} split" + (" (use --val-split)" if split == "val" else ""))
+    networks, all_probs, labels = [], [], None
+    for path in paths:
+        net, stats = load_network(Path(path), model, model_options or {}, splits.num_classes)
+        mean, std = parse_normalize(normalize, splits) if normalize or stats is None else stats
+        probs, labels = predict(net, images, mean, std)
+        all_probs.append(probs)
+        networks.append({"weights": str(path), "accuracy": accuracy(probs, labels)})
+    results = {"data": data, "split": split, "images": len(labels), "networks": networks}
+    if len(all_probs) > 1:
+        results["ensemble_accuracy"] = ensemble_accuracy(all_probs, labels)
+    return results
+
+
+def load_network(path: Path, model: str | None, options: dict, num_classes: int):
+    """The network of ``path`` (one of our run folders or checkpoints, or a foreign state dict with ``model``
+    naming its architecture) in eval mode, and the normalisation stored with it (None for foreign files)."""
+    if path.is_dir():
+        path = path / "final.pt"
+    payload = _our_payload(path)
+    if payload is not None:
+        name = model or payload["model_name"]
+        net = create(name, num_classes=payload["num_classes"], **{**payload.get("model_options", {}), **options})
+        load_weights(net, path)
+        return net.eval(), (tuple(payload["mean"]), tuple(payload["std"]))
+    if model is None:
+        raise FspkdError(f"{path} is not an fspkd checkpoint: name its architecture with --model")
+    state = load_state_dict_file(path)
+    head = next((state[k] for k in ("linear.weight", "fc.weight") if k in state), None)
+    net = create(model, num_classes=int(head.shape[0]) if head is not None else num_classes, **options)
+    load_weights(net, path)
+    return net.eval(), None
+
+
+def _our_payload(path: Path) -> dict | None:
+    if path.suffix != ".pt":
+        return None
+    try:
+        payload = load_checkpoint(path)
+    except FspkdError:
+        return None
+    return payload if "model_name" in payload else None

@@ -1,0 +1,84 @@
+"""What every training method provides to the one training loop in ``fspkd.engine``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+
+from ..config import RunConfig, Schedule
+from ..errors import FspkdError
+
+StepOutput = dict  # {"loss": scalar tensor, "logits": (B, classes) tensor or None, "parts": {name: scalar tensor}}
+
+
+class Method:
+    """A distillation (or plain) method: the stages it runs and the loss of one batch in each.
+
+    The student (and any extra learnable module, such as FitNet's regressors) is trained; the teacher, if any,
+    is frozen in eval mode and never receives gradients. ``student_forward`` is what the loss calls to run the
+    student: the engine points it at the DDP-wrapped student when training on several processes.
+    """
+
+    name = "plain"
+    stages: tuple[str, ...] = ("train",)
+    needs_teacher = False
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, config: RunConfig):
+        self.student = student
+        self.teacher = teacher
+        self.config = config
+        self.student_forward: Callable[[torch.Tensor], torch.Tensor] = student
+        if self.needs_teacher and teacher is None:
+            raise FspkdError(f"method {self.name!r} needs a teacher: pass --teacher PATH")
+        if teacher is not None:
+            freeze(teacher)
+
+    def schedule(self, stage: str) -> Schedule:
+        if stage == "stage1":
+            if self.config.stage1 is None:
+                raise FspkdError(f"method {self.name!r} needs a stage1 schedule")
+            return self.config.stage1
+        return self.config.train
+
+    def extra_modules(self, stage: str) -> dict[str, nn.Module]:
+        """Learnable modules besides the student in ``stage`` (saved in checkpoints, optimised with it)."""
+        return {}
+
+    def parameters(self, stage: str) -> list[nn.Parameter]:
+        params = list(self.student.parameters())
+        for module in self.extra_modules(stage).values():
+            params += list(module.parameters())
+        return params
+
+    def check(self, example: torch.Tensor) -> None:
+        """Validate the set-up on one example batch before training (shapes, channel widths)."""
+
+    def begin_stage(self, stage: str) -> None:
+        """Called before the first step of ``stage`` (also when resuming into it)."""
+
+    def end_stage(self, stage: str) -> None:
+        """Called after the last step of ``stage``."""
+
+    def step(self, stage: str, images: torch.Tensor, labels: torch.Tensor, progress: float) -> StepOutput:
+        """Loss of one batch; ``progress`` runs from 0 to 1 over the stage (for annealed weights)."""
+        logits = self.student_forward(images)
+        task = nn.functional.cross_entropy(logits, labels)
+        return {"loss": task, "logits": logits, "parts": {"task_loss": task}}
+
+    def close(self) -> None:
+        """Release hooks."""
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a frozen teacher (the engine only ever calls ``.train()`` on the student)."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+@torch.inference_mode()
+def teacher_forward(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return teacher(images)

@@ -1,0 +1,92 @@
+"""FitNet (Romero et al., 2015) as the paper runs it: stage 1 hint training, stage 2 KD with an annealed weight."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import FspkdError
+from ..taps import FeatureTaps
+from .base import Method, teacher_forward
+
+
+def hint_loss(guided: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
+    """FitNet's L_HT = 1/2 * ||hint - regressor(guided)||^2, summed over the map, batch mean."""
+    return 0.5 * (guided.float() - hint.detach().float()).pow(2).flatten(1).sum(1).mean()
+
+
+def soft_cross_entropy(logits_student, logits_teacher, temperature: float) -> torch.Tensor:
+    """FitNet's KD term H(P_T^tau, P_S^tau): cross-entropy between softened outputs, batch mean (no tau^2)."""
+    p_teacher = F.softmax(logits_teacher.float() / temperature, dim=1)
+    return -(p_teacher * F.log_softmax(logits_student.float() / temperature, dim=1)).sum(1).mean()
+
+
+def hint_taps(model, count: int, role: str) -> list[str]:
+    taps = [model.hint_layer] if count == 1 else list(getattr(model, "section_outputs", []))
+    if not taps or (count == 1 and not getattr(model, "hint_layer", None)):
+        raise FspkdError(f"the {role} model declares no FitNet hint layers (hint_layer / section_outputs)")
+    return taps
+
+
+class FitNet(Method):
+    """Stage 1: L2 between the teacher's hint layer(s) and the student's guided layer(s), through a learned 1x1
+    convolution where the widths differ. Stage 2: cross-entropy + lambda * soft cross-entropy at tau, lambda
+    falling linearly over the stage (the paper: tau = 3, lambda from 4 to 1)."""
+
+    name = "fitnet"
+    stages = ("stage1", "stage2")
+    needs_teacher = True
+
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        self.student_hints = hint_taps(student, config.fitnet_hints, "student")
+        self.teacher_hints = hint_taps(teacher, config.fitnet_hints, "teacher")
+        if len(self.student_hints) != len(self.teacher_hints):
+            raise FspkdError("student and teacher declare different numbers of FitNet hint layers")
+        self.student_taps = FeatureTaps(student, self.student_hints)
+        self.teacher_taps = FeatureTaps(teacher, self.teacher_hints)
+        self.regressors = nn.ModuleList()
+
+    def check(self, example):
+        with torch.no_grad():
+            was_training = self.student.training
+            self.student.eval()
+            self.student(example[:2])
+            self.student.train(was_training)
+            teacher_forward(self.teacher, example[:2])
+        regressors = []
+        for s_tap, t_tap in zip(self.student_hints, self.teacher_hints):
+            guided, hint = self.student_taps.features[s_tap], self.teacher_taps.features[t_tap]
+            if guided.shape[2:] != hint.shape[2:]:
+                raise FspkdError(
+                    f"FitNet hint {t_tap} is {tuple(hint.shape[2:])} but guided layer {s_tap} is "
+                    f"{tuple(guided.shape[2:])}: they need the same spatial size"
+                )
+            same = guided.shape[1] == hint.shape[1]
+            regressors.append(nn.Identity() if same else nn.Conv2d(guided.shape[1], hint.shape[1], 1, bias=False))
+        self.regressors = nn.ModuleList(regressors).to(example.device)
+
+    def extra_modules(self, stage):
+        return {"regressors": self.regressors} if stage == "stage1" else {}
+
+    def step(self, stage, images, labels, progress):
+        logits = self.student_forward(images)
+        if stage == "stage1":
+            with torch.inference_mode():
+                self.teacher(images)
+            loss = sum(
+                hint_loss(reg(self.student_taps.features[s]), self.teacher_taps.features[t].clone())
+                for reg, s, t in zip(self.regressors, self.student_hints, self.teacher_hints)
+            )
+            return {"loss": loss, "logits": None, "parts": {"hint_loss": loss}}
+        teacher_logits = teacher_forward(self.teacher, images).clone()
+        task = F.cross_entropy(logits, labels)
+        soft = soft_cross_entropy(logits, teacher_logits, self.config.fitnet_temperature)
+        start, end = self.config.fitnet_kd_weight
+        weight = start + (end - start) * progress
+        return {"loss": task + weight * soft, "logits": logits, "parts": {"task_loss": task, "kd_loss": soft}}
+
+    def close(self):
+        self.student_taps.remove()
+        self.teacher_taps.remove()

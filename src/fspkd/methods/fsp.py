@@ -1,0 +1,101 @@
+"""The paper's Algorithm 1: stage 1 fits the student's FSP matrices to the teacher's, stage 2 trains the task."""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import FspkdError
+from ..fsp import ChannelShuffle, fsp_loss, fsp_matrix
+from ..taps import FeatureTaps
+from .base import Method
+
+
+def declared_pairs(model, explicit, first: str, role: str) -> list[tuple[str, str]]:
+    """FSP tap pairs: the explicit ``[[a, b], ...]`` if given, else those the model declares."""
+    if explicit:
+        return [tuple(p) for p in explicit]
+    if not hasattr(model, "fsp_pairs"):
+        raise FspkdError(
+            f"the {role} model declares no FSP tap points; name them with --fsp-pairs 'a>b,c>d' (module paths)"
+        )
+    return [tuple(p) for p in model.fsp_pairs(first)]
+
+
+class FSP(Method):
+    """Stage 1: minimise the FSP loss only (teacher fixed). Stage 2: cross-entropy only, from the stage-1 weights."""
+
+    name = "fsp"
+    stages = ("stage1", "stage2")
+    needs_teacher = True
+
+    def __init__(self, student, teacher, config):
+        super().__init__(student, teacher, config)
+        self.student_pairs = declared_pairs(student, config.fsp_pairs, config.fsp_first, "student")
+        self.teacher_pairs = declared_pairs(
+            teacher, config.teacher_fsp_pairs or config.fsp_pairs, config.fsp_first, "teacher"
+        )
+        if len(self.student_pairs) != len(self.teacher_pairs):
+            raise FspkdError(
+                f"the student has {len(self.student_pairs)} FSP pairs and the teacher {len(self.teacher_pairs)}; "
+                "they need one pair each per section"
+            )
+        self.student_taps = FeatureTaps(student, _unique(self.student_pairs))
+        self.teacher_taps = FeatureTaps(teacher, _unique(self.teacher_pairs))
+        self.shuffle: ChannelShuffle | None = None
+
+    def check(self, example):
+        """Compare FSP matrix shapes pair by pair and build the shuffle once the channel counts are known."""
+        with torch.no_grad():
+            was_training = self.student.training
+            self.student.eval()
+            student_g = self.student_matrices(example[:2])
+            self.student.train(was_training)
+            teacher_g = self.teacher_matrices(example[:2])
+        bad = [
+            f"pair {i + 1} ({s_pair[0]} -> {s_pair[1]}): student {tuple(gs.shape[1:])}, teacher {tuple(gt.shape[1:])}"
+            for i, (s_pair, gs, gt) in enumerate(zip(self.student_pairs, student_g, teacher_g))
+            if gs.shape[1:] != gt.shape[1:]
+        ]
+        if bad:
+            raise FspkdError(
+                "FSP needs equal channel widths at both ends of every pair; "
+                + "; ".join(bad)
+                + ". Choose a student of the teacher's widths (e.g. the same width multiplier) or other tap points"
+            )
+        if self.config.shuffle_seed is not None:
+            channels = {}
+            for (first, second), g in zip(self.teacher_pairs, teacher_g):
+                channels[first], channels[second] = g.shape[1], g.shape[2]
+            groups = getattr(self.teacher, "fsp_permutation_groups", lambda first: None)(self.config.fsp_first)
+            self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
+
+    def student_matrices(self, images):
+        self.student_forward(images)
+        return _matrices(self.student_taps, self.student_pairs)
+
+    @torch.inference_mode()
+    def teacher_matrices(self, images):
+        self.teacher(images)
+        matrices = _matrices(self.teacher_taps, self.teacher_pairs)
+        return self.shuffle(matrices) if self.shuffle is not None else matrices
+
+    def step(self, stage, images, labels, progress):
+        if stage == "stage2":
+            return super().step(stage, images, labels, progress)
+        student_g = self.student_matrices(images)
+        teacher_g = [g.clone() for g in self.teacher_matrices(images)]  # out of inference mode for autograd
+        loss = fsp_loss(student_g, teacher_g, self.config.fsp_lambda)
+        return {"loss": loss, "logits": None, "parts": {"fsp_loss": loss}}
+
+    def close(self):
+        self.student_taps.remove()
+        self.teacher_taps.remove()
+
+
+def _unique(pairs):
+    return list(dict.fromkeys(tap for pair in pairs for tap in pair))
+
+
+def _matrices(taps, pairs):
+    features = taps.features
+    return [fsp_matrix(features[a], features[b]) for a, b in pairs]

@@ -1,0 +1,141 @@
+"""Every method's stages on tiny runs, the run folder's contents, resume, and the safety rules."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fspkd.checkpoint import load_checkpoint
+from fspkd.config import RunConfig, Schedule
+from fspkd.engine import NonFiniteLoss, train
+from fspkd.errors import FspkdError
+
+
+def tiny(**overrides) -> RunConfig:
+    config = RunConfig(
+        data="synthetic:320,100", model="resnet8", batch_size=32, eval_every=4, val_split=0.1,
+        train=Schedule(iterations=6, lr=0.05, milestones=[3]),
+    )
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    train(tiny(model="resnet14"), out, progress=False)
+    return out
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_plain_run_writes_config_metrics_checkpoints_and_summary(teacher_dir):
+    summary = json.loads((teacher_dir / "summary.json").read_text())
+    assert 0 <= summary["test_acc"] <= 100 and 0 <= summary["val_acc"] <= 100
+    assert summary["stages"]["train"]["iterations"] == 6
+    assert summary["stages"]["train"]["s_per_100_it"] > 0
+    assert (teacher_dir / "config.yaml").exists()
+    rows = read_rows(teacher_dir / "metrics.csv")
+    assert [int(r["iteration"]) for r in rows if r["test_acc"]] == [4, 6]
+    final = load_checkpoint(teacher_dir / "final.pt")
+    assert final["model_name"] == "resnet14" and final["num_classes"] == 10
+
+
+@pytest.mark.parametrize("method", ["fsp", "fitnet"])
+def test_two_stage_methods_run_stage1_then_the_task(method, teacher_dir, tmp_path):
+    config = tiny(method=method, teacher=str(teacher_dir), stage1=Schedule(iterations=4, lr=1e-4))
+    summary = train(config, tmp_path / method, progress=False)
+    assert list(summary["stages"]) == ["stage1", "stage2"]
+    rows = read_rows(tmp_path / method / "metrics.csv")
+    loss_column = {"fsp": "fsp_loss", "fitnet": "hint_loss"}[method]
+    assert all(r[loss_column] for r in rows if r["stage"] == "stage1")
+    assert all(r["task_loss"] and not r[loss_column] for r in rows if r["stage"] == "stage2")
+    assert (tmp_path / method / "checkpoints" / "stage1.pt").exists()
+
+
+def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teacher_dir, tmp_path):
+    config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=12, lr=1e-3),
+                  fsp_lambda=0.01)
+    train(config, tmp_path / "fsp", progress=False)
+    losses = [float(r["fsp_loss"]) for r in read_rows(tmp_path / "fsp" / "metrics.csv") if r["fsp_loss"]]
+    assert losses[-1] < losses[0]
+    teacher = load_checkpoint(teacher_dir / "final.pt")["model"]
+    again = load_checkpoint(teacher_dir / "final.pt")["model"]
+    assert all(torch.equal(teacher[k], again[k]) for k in teacher)  # the teacher file is untouched
+
+
+def test_kd_and_copy_run(teacher_dir, tmp_path):
+    kd = train(tiny(method="kd", teacher=str(teacher_dir)), tmp_path / "kd", progress=False)
+    assert kd["stages"]["train"]["iterations"] == 6
+    copy = train(tiny(method="copy", model="resnet14", teacher=str(teacher_dir), train=Schedule(iterations=1, lr=1e-9)),
+                 tmp_path / "copy", progress=False)
+    # one step at a tiny lr from the teacher's weights keeps the teacher's accuracy
+    teacher = json.loads((teacher_dir / "summary.json").read_text())
+    assert abs(copy["test_acc"] - teacher["test_acc"]) <= 2.0
+
+
+def test_several_students_share_one_stage1_and_report_their_ensemble(teacher_dir, tmp_path):
+    config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=3, lr=1e-4), students=2,
+                  fsp_lambda=0.01)
+    summary = train(config, tmp_path / "two", progress=False)
+    assert [m["weights"] for m in summary["members"]] == ["final-1.pt", "final-2.pt"]
+    assert summary["stages"]["stage1"]["iterations"] == 3
+    assert summary["stages"]["stage2"]["iterations"] == 12
+    assert "ensemble_test_acc" in summary
+    first, second = (load_checkpoint(tmp_path / "two" / w)["model"] for w in ("final-1.pt", "final-2.pt"))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # different data orders
+
+
+def test_resume_after_an_interruption_ends_with_the_same_weights(teacher_dir, tmp_path, monkeypatch):
+    config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=8, lr=1e-4),
+                  fsp_lambda=0.01)
+    train(config, tmp_path / "straight", progress=False)
+
+    from fspkd.methods.fsp import FSP
+
+    original_step = FSP.step
+    calls = {"n": 0}
+
+    def step_until_the_13th(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 13:  # as a Ctrl-C would, in stage 2 after its checkpoint at 4
+            raise KeyboardInterrupt
+        return original_step(self, *args)
+
+    monkeypatch.setattr(FSP, "step", step_until_the_13th)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", progress=False)
+    monkeypatch.setattr(FSP, "step", original_step)
+    summary = train(config, tmp_path / "resumed", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "final.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    rows = read_rows(tmp_path / "resumed" / "metrics.csv")
+    keys = [(r["stage"], r["iteration"]) for r in rows]
+    assert len(keys) == len(set(keys)) == len(read_rows(tmp_path / "straight" / "metrics.csv"))
+    assert summary["stages"]["stage1"]["iterations"] == 8
+
+
+def test_an_existing_run_is_refused_without_resume(teacher_dir):
+    with pytest.raises(FspkdError, match="already holds a run; pass --resume"):
+        train(tiny(model="resnet14"), teacher_dir, progress=False)
+
+
+def test_a_non_finite_loss_stops_with_iteration_stage_and_term(teacher_dir, tmp_path):
+    config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=50, lr=10.0), eval_every=2)
+    with pytest.raises(NonFiniteLoss, match=r"iteration \d+ of stage1 \(term fsp_loss"):
+        train(config, tmp_path / "boom", progress=False)
+    kept = load_checkpoint(tmp_path / "boom" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_mismatched_fsp_widths_list_both_widths_per_pair(teacher_dir, tmp_path):
+    config = tiny(method="fsp", model="resnet8", model_options={"width": 2}, teacher=str(teacher_dir),
+                  stage1=Schedule(iterations=2, lr=1e-4))
+    with pytest.raises(FspkdError, match=r"pair 1 .*student \(32, 32\), teacher \(16, 16\)"):
+        train(config, tmp_path / "bad", progress=False)
