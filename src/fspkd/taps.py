@@ -47,7 +47,8 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
 class FeatureTaps:
     """Forward hooks that store the tapped tensors of each forward pass in ``features`` (keyed by tap spec).
 
-    Usable as a context manager (hooks removed on exit). Each forward pass overwrites the previous tensors.
+    Usable as a context manager (hooks removed on exit). Each forward pass overwrites the previous tensors; a
+    module called several times in one pass keeps its last call's tensor.
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[str]):
