@@ -1,0 +1,91 @@
+"""What our ResNets share: sections ``layer1..layerK`` of equal spatial size, and the tap points they declare."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import FspkdError
+from ..taps import parse_tap
+
+
+class SectionedNet(nn.Module):
+    """Base of networks made of a stem followed by sections ``layer1..layerK`` (``nn.Sequential`` of blocks).
+
+    Subclasses set ``arch`` (the registry name), ``stem_channels`` and ``feature_info``: one dict per section,
+    ``{"name": "layer1", "channels": 16, "reduction": 1}`` (reduction = input size / map size, as in timm), so
+    consumers know channel counts and sizes without a forward pass.
+    """
+
+    arch: str
+    stem_channels: int
+    feature_info: list[dict]
+
+    @property
+    def section_outputs(self) -> list[str]:
+        """The tap of each section's output (FitNet's "3 loss" hints on the CIFAR ResNets)."""
+        return [info["name"] for info in self.feature_info]
+
+    @property
+    def hint_layer(self) -> str:
+        """FitNet's single hint / guided layer: the output of the middle section (index K // 2).
+
+        Counted in sections, not layers, so that every net of a family (same K) picks a map of the same size and
+        channel count: ``layer2`` of the 3-section CIFAR ResNets, ``layer3`` of the 4-section ImageNet ResNets.
+        """
+        return self.section_outputs[len(self.section_outputs) // 2]
+
+    def fsp_pairs(self, first: str = "before") -> list[tuple[str, str]]:
+        """One (first tap, last tap) pair per section, for the FSP matrices G_1..G_K (paper, section 4).
+
+        ``first="before"`` (default) takes a section's first map at the section's *input* (``"layer2:input"``, the
+        previous section's output, before the down-sampling block); ``first="after"`` takes it at the first block's
+        output (``"layer2.0"``). The second map is always the section's output (``"layer2"``).
+
+        "before" is the default because the paper max-pools the larger map to the smaller one: in a ResNet the two
+        ends of a section can differ in size only when the first map is taken before the section's down-sampling
+        block, so that is the reading under which the paper's pooling ever happens. It gives rectangular matrices
+        (e.g. 16 x 32); "after" gives square ones of equal-sized maps.
+        """
+        sections = self.section_outputs
+        if first == "before":
+            # a section's input is the previous section's output: one name (and one hook) for one tensor
+            starts = [f"{sections[0]}:input"] + sections[:-1]
+            return list(zip(starts, sections))
+        if first == "after":
+            return [(f"{name}.0", name) for name in sections]
+        raise FspkdError(f"fsp_pairs: first must be 'before' or 'after', got {first!r}")
+
+    def fsp_permutation_groups(self, first: str = "before") -> dict[str, str]:
+        """Tap -> residual stream, for shuffled FSP: the identity shortcuts carry one channel order through a
+        whole section, so the taps of one section can only be permuted together (see ``fsp.ChannelShuffle``)."""
+        groups = {}
+        for start, end in self.fsp_pairs(first):
+            groups[end] = end
+            groups.setdefault(start, end if start.startswith(end) else start)
+        return groups
+
+    def channels_at(self, spec: str) -> int | None:
+        """Channels of a section-level tap (``layerK``, ``layerK.i``, with or without ``:input``), else None."""
+        path, takes_input = parse_tap(spec)
+        section, _, block = path.partition(".")
+        if section not in self.section_outputs or "." in block:
+            return None
+        index = self.section_outputs.index(section)
+        if takes_input and block in ("", "0"):
+            return self.feature_info[index - 1]["channels"] if index else self.stem_channels
+        return self.feature_info[index]["channels"]
+
+
+def init_weights(model: nn.Module) -> None:
+    """MSRA init (He et al. 2015) of convolutions, fan_out mode for ReLU as torchvision does; BatchNorm 1 and 0.
+
+    fan_out keeps the variance of the gradients constant through the backward pass (fan_in, as in
+    pytorch_resnet_cifar10, keeps the activations' variance); both are He et al.'s MSRA init. Linear layers keep
+    PyTorch's default init.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
