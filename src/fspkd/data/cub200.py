@@ -4,7 +4,7 @@ classes.txt, images/)."""
 from __future__ import annotations
 
 from fspkd.data.filetree import FileTree, find_root
-from fspkd.data.imagefolder import decode_files
+from fspkd.data.imagefolder import decode_labelled
 from fspkd.data.sets import DecodedDataset
 from fspkd.errors import FspkdError
 
@@ -16,17 +16,23 @@ def read_cub200(tree: FileTree, size: int) -> DecodedDataset:
     labels = _read_table(tree, prefix + "image_class_labels.txt")
     is_train = _read_table(tree, prefix + "train_test_split.txt")
     class_table = _read_table(tree, prefix + "classes.txt")
-    classes = [class_table[key] for key in sorted(class_table, key=int)]
+    classes = [class_table[key] for key in sorted(class_table, key=_numeric_id)]
     _check_same_ids(tree, prefix, paths, labels, is_train)
 
-    splits: dict[bool, dict[str, list[str]]] = {True: {}, False: {}}
-    for image_id, relative_path in paths.items():
+    splits: dict[bool, list[tuple[str, int]]] = {True: [], False: []}
+    for image_id in sorted(paths, key=_numeric_id):  # keep the official image order
         label = _class_index(tree, prefix + "image_class_labels.txt", labels[image_id], len(classes))
         in_train = _flag(tree, prefix + "train_test_split.txt", is_train[image_id])
-        splits[in_train].setdefault(classes[label], []).append(f"{prefix}images/{relative_path}")
-    train = decode_files(tree, splits[True], classes, size)
-    test = decode_files(tree, splits[False], classes, size) if splits[False] else None
+        splits[in_train].append((f"{prefix}images/{paths[image_id]}", label))
+    if not splits[True]:
+        raise FspkdError(f"{tree.describe(prefix + 'train_test_split.txt')}: marks no image for training")
+    train = decode_labelled(tree, splits[True], size)
+    test = decode_labelled(tree, splits[False], size) if splits[False] else None
     return DecodedDataset(train, test, classes)
+
+
+def _numeric_id(image_id: str) -> tuple[int, str]:
+    return (int(image_id), image_id) if image_id.isdigit() else (1 << 62, image_id)
 
 
 def _read_table(tree: FileTree, name: str) -> dict[str, str]:

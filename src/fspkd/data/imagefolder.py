@@ -59,11 +59,16 @@ def _check_known_classes(tree: FileTree, split: str, files: dict[str, list[str]]
 
 
 def decode_files(tree: FileTree, files: dict[str, list[str]], classes: list[str], size: int) -> ImageSet:
-    """Decode the files of each class (label = index in `classes`) into one ImageSet."""
-    names = [(name, label) for label, cls in enumerate(classes) for name in sorted(files.get(cls, []))]
-    pixels = np.empty((len(names), size, size, 3), dtype=np.uint8)
-    for index, (name, _) in enumerate(names):
+    """Decode the files of each class (label = index in `classes`), class by class, into one ImageSet."""
+    labelled = [(name, label) for label, cls in enumerate(classes) for name in sorted(files.get(cls, []))]
+    return decode_labelled(tree, labelled, size)
+
+
+def decode_labelled(tree: FileTree, labelled: list[tuple[str, int]], size: int) -> ImageSet:
+    """Decode (file name, label) pairs, in order, into one ImageSet of `size`x`size` images."""
+    pixels = np.empty((len(labelled), size, size, 3), dtype=np.uint8)
+    for index, (name, _) in enumerate(labelled):
         pixels[index] = decode_image(tree.read(name), size, tree.describe(name))
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    labels = torch.tensor([label for _, label in names], dtype=torch.int64)
+    labels = torch.tensor([label for _, label in labelled], dtype=torch.int64)
     return ImageSet(images, labels)
