@@ -1,0 +1,108 @@
+"""Decode once, then load a uint8 tensor cache: later runs start in seconds.
+
+An entry is `<kind>-<key>.safetensors` (the tensors) plus `<kind>-<key>.json` (class names and which splits
+exist). The key hashes the source's resolved path, its size and modification time (for a folder: those of
+every file in it), the kind, the image size and FORMAT_VERSION, so editing the source or changing the
+decoding invalidates the entry. Both files are written atomically (temporary file + os.replace), the
+tensors last, so a crash never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fspkd.data.sets import DecodedDataset, ImageSet
+from fspkd.errors import FspkdError
+
+FORMAT_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """`$FSPKD_CACHE` if set, else ~/.cache/fspkd."""
+    return Path(os.environ.get("FSPKD_CACHE") or Path.home() / ".cache" / "fspkd")
+
+
+def cache_key(source: Path, kind: str, image_size: int) -> str:
+    """A hex digest identifying the decoded form of `source` (see the module docstring)."""
+    identity = {"path": str(source.resolve()), "fingerprint": _fingerprint(source), "kind": kind,
+                "image_size": image_size, "format": FORMAT_VERSION}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _fingerprint(source: Path) -> list:
+    """(size, mtime) of a file, or of every file under a folder with its relative path."""
+    if source.is_file():
+        stat = source.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+    entries = []
+    for folder, subfolders, files in os.walk(source):
+        subfolders.sort()
+        for file in sorted(files):
+            stat = os.stat(os.path.join(folder, file))
+            entries.append([os.path.relpath(os.path.join(folder, file), source), stat.st_size, stat.st_mtime_ns])
+    return entries
+
+
+def cached_decode(source: Path, kind: str, image_size: int, cache_dir: str | Path | None,
+                  decode: Callable[[], DecodedDataset]) -> DecodedDataset:
+    """Load the decoded data set for (source, kind, image_size) from the cache, or `decode()` and store it."""
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    stem = folder / f"{kind}-{cache_key(source, kind, image_size)}"
+    decoded = _load_entry(stem)
+    if decoded is None:
+        decoded = decode()
+        _store_entry(stem, decoded)
+    return decoded
+
+
+def _load_entry(stem: Path) -> DecodedDataset | None:
+    """The cached data set at `stem`, or None if absent or unreadable (then it is simply rebuilt)."""
+    tensors_path, meta_path = stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    if not (tensors_path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(tensors_path)
+        train = ImageSet(tensors["train_images"], tensors["train_labels"])
+        test = ImageSet(tensors["test_images"], tensors["test_labels"]) if meta["has_test"] else None
+        return DecodedDataset(train, test, list(meta["classes"]))
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        return None
+
+
+def _store_entry(stem: Path, decoded: DecodedDataset) -> None:
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FspkdError(f"{stem.parent}: cannot create the data cache folder ({err})") from None
+    tensors = {"train_images": decoded.train.images, "train_labels": decoded.train.labels}
+    if decoded.test is not None:
+        tensors.update(test_images=decoded.test.images, test_labels=decoded.test.labels)
+    meta = {"classes": decoded.classes, "has_test": decoded.test is not None, "format": FORMAT_VERSION}
+    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta)))
+    _write_atomically(stem.with_suffix(".safetensors"),
+                      lambda path: save_file({k: v.contiguous() for k, v in tensors.items()}, str(path)))
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Call `write` on a temporary file next to `target`, then rename it over `target`."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise FspkdError(f"{target}: cannot write the data cache ({err})") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
