@@ -15,10 +15,10 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 
 def shared_data_dir() -> Path | None:
-    """The shared real-data folder (../shared/data next to the repo, or $FSPKD_SHARED), or None if absent."""
+    """The shared real-data folder (../shared/data next to the repo, else $FSPKD_SHARED), or None if absent."""
     candidates = [Path(__file__).resolve().parents[1].parent / "shared" / "data"]
     if os.environ.get("FSPKD_SHARED"):
-        candidates.insert(0, Path(os.environ["FSPKD_SHARED"]))
+        candidates.append(Path(os.environ["FSPKD_SHARED"]))
     return next((path for path in candidates if path.is_dir()), None)
 
 

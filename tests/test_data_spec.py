@@ -104,7 +104,7 @@ def test_synthetic_is_deterministic_and_fast():
     elapsed = time.perf_counter() - start
     second = load_dataset("synthetic:2000,0")
     assert torch.equal(first.train.images, second.train.images) and first.test is None
-    assert elapsed < 2.0
+    assert elapsed < 5.0  # about 0.15 s; generous because the test machine is shared
 
 
 def test_synthetic_classes_differ(small_synthetic):

@@ -33,13 +33,17 @@ def load_dataset(spec: str, *, val_split: float = 0.0, seed: int = 0, image_size
     """Load the data set named by `spec` and hold out a validation split.
 
     spec: 'cifar10:PATH' / 'cifar100:PATH' (official python .tar.gz or its folder, or an image folder with
-    train/<class>/ and optional test/<class>/, or a .tar.gz of one), 'imagefolder:PATH' (train/ plus test/
-    or val/ class folders; folder or .tar.gz), 'cub200:PATH' (official CUB-200-2011 folder or archive), or
-    the built-in procedurally generated set: 'synthetic', 'builtin' or '' (10,000 train / 2,000 test
-    images), 'synthetic:TRAIN' or 'synthetic:TRAIN,TEST' for other sizes.
+    train/<class>/ and optional test/<class>/, or a .tar.gz of one), 'imagefolder:PATH' (train/<class>/
+    plus optional test/<class>/, or val/<class>/ when there is no test/; folder or .tar.gz), 'cub200:PATH'
+    (official CUB-200-2011 folder or archive, official train/test split), or the built-in procedurally
+    generated set: 'synthetic', 'builtin' or '' (10,000 train / 2,000 test images), 'synthetic:TRAIN' or
+    'synthetic:TRAIN,TEST' for other sizes. The layout may also sit inside one or two wrapping folders.
+    Class labels are the indices of the sorted class-folder names (CIFAR, CUB: the official order).
+    `name` is the kind ('cifar10', 'synthetic', ...), for imagefolder the folder/archive name.
     val_split: fraction of each training class held out as `val` (seeded by `seed`); 0 for none.
     image_size: side of the square images; default 32 for CIFAR and synthetic, 64 for imagefolder and
-    cub200 (shorter side resized to it, then centre-cropped).
+    cub200. Image files get their shorter side resized to it, then a centre crop; the already square
+    CIFAR pickles and synthetic images are resized with antialiased bilinear interpolation.
     cache_dir: where decoded tensors are cached (default $FSPKD_CACHE or ~/.cache/fspkd); the
     synthetic set is not cached.
     """

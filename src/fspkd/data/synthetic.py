@@ -1,8 +1,11 @@
-"""A procedurally generated 10-class 32x32 RGB data set: no download, deterministic, made in well under a second.
+"""A procedurally generated 10-class 32x32 RGB data set: no download, deterministic, vectorised (about 0.6 s
+for 12,000 images on one idle core).
 
-Each image shows one shape or texture (the class) at a random position, size, slight rotation and colour,
-over a coloured gradient background with distracting line segments and blobs, plus pixel noise. The
-difficulty is tuned so a small ResNet trained briefly stays well short of 100% (a teacher/student gap shows).
+Each image shows one shape or texture (the class) at a random position, size, slight rotation and colour
+(sometimes of low contrast), over a gradient background with a blotchy colour texture and thin line
+segments as clutter, plus pixel noise. Measured difficulty (test accuracy, SGD with a one-cycle schedule,
+batch 128, no augmentation): ResNet-8 after 300 iterations about 76%, ResNet-20 after 1,000 iterations
+about 92%, so a teacher/student gap shows.
 """
 
 from __future__ import annotations
