@@ -2,7 +2,6 @@
 
 import json
 import os
-import time
 
 import pytest
 import torch
@@ -98,13 +97,10 @@ def test_mean_std_are_train_statistics(small_synthetic):
     assert torch.allclose(torch.tensor(small_synthetic.std, dtype=torch.float64), expected_std, atol=1e-9)
 
 
-def test_synthetic_is_deterministic_and_fast():
-    start = time.perf_counter()
+def test_synthetic_is_deterministic():
     first = load_dataset("synthetic:2000,0")
-    elapsed = time.perf_counter() - start
     second = load_dataset("synthetic:2000,0")
     assert torch.equal(first.train.images, second.train.images) and first.test is None
-    assert elapsed < 5.0  # about 0.15 s; generous because the test machine is shared
 
 
 def test_synthetic_classes_differ(small_synthetic):
