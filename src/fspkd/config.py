@@ -68,7 +68,7 @@ class RunConfig:
     train: Schedule = field(default_factory=Schedule)  # the task stage (stage 2 of two-stage methods)
     students: int = 1  # stage-2 students trained from one stage 1
     # FSP
-    fsp_lambda: float = 1.0  # lambda of Eq. 2, one for all pairs
+    fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
     fsp_first: str = "before"  # section start taken before or after the down-sampling block
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
