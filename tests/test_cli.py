@@ -1,0 +1,77 @@
+"""The ``fspkd`` command end to end on tiny runs: train, distill (every method), eval, demo."""
+
+import json
+
+import pytest
+
+from fspkd.cli import build_parser, config_from_args, main
+from fspkd.runlog import read_metrics
+
+TINY = ["--data", "synthetic:320,100", "--batch-size", "32", "--eval-every", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "teacher"
+    assert main(["train", *TINY, "--model", "resnet14", "--iterations", "8", "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_a_run_folder(teacher):
+    summary = json.loads((teacher / "summary.json").read_text())
+    assert summary["method"] == "plain" and summary["stages"]["train"]["iterations"] == 8
+    assert {"config.yaml", "metrics.csv", "final.pt", "summary.json"} <= {p.name for p in teacher.iterdir()}
+
+
+@pytest.mark.parametrize("method", ["fsp", "kd", "fitnet"])
+def test_distill_each_method(method, teacher, tmp_path):
+    out = tmp_path / method
+    args = ["distill", *TINY, "--method", method, "--teacher", str(teacher), "--model", "resnet8",
+            "--iterations", "4", "--stage1-iterations", "4", "--out", str(out)]
+    assert main(args) == 0
+    stages = {row["stage"] for row in read_metrics(out / "metrics.csv")}
+    assert stages == ({"train"} if method == "kd" else {"stage1", "stage2"})
+
+
+def test_shuffled_fsp_students_and_their_ensemble_eval(teacher, tmp_path, capsys):
+    out = tmp_path / "shuffled"
+    args = ["distill", *TINY, "--method", "fsp", "--teacher", str(teacher), "--model", "resnet8",
+            "--iterations", "4", "--stage1-iterations", "2", "--students", "2", "--shuffle-seed", "5",
+            "--out", str(out)]
+    assert main(args) == 0
+    capsys.readouterr()
+    weights = [str(out / "final-1.pt"), str(out / "final-2.pt"), str(teacher)]
+    assert main(["eval", "--data", "synthetic:320,100", "--weights", *weights, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results["networks"]) == 3 and 0 <= results["ensemble_accuracy"] <= 100
+    assert results["images"] == 100
+
+
+def test_milestones_default_to_half_and_three_quarters():
+    args = build_parser().parse_args(["distill", "--out", "x", "--iterations", "400", "--stage1-iterations", "100"])
+    config = config_from_args(args)
+    assert config.method == "fsp"
+    assert config.train.milestones == [200, 300] and config.stage1.milestones == [50, 75]
+    assert config.stage1.lr == 0.001  # the paper's stage-1 lr
+
+
+def test_config_file_then_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: resnet14\nseed: 3\ntrain: {iterations: 10, lr: 0.05}\n")
+    args = build_parser().parse_args(["train", "--config", str(path), "--seed", "4", "--out", "x"])
+    config = config_from_args(args)
+    assert (config.model, config.seed, config.train.iterations, config.train.lr) == ("resnet14", 4, 10, 0.05)
+
+
+def test_demo_writes_table_report_and_figure(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--scale", "0.02"]) == 0
+    printed = capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"teacher", "scratch", "fsp", "fitnet", "kd"}
+    for name, summary in results.items():
+        assert f"| {name} |" in report and f"| {name} |" in printed
+        assert summary == json.loads((out / name / "summary.json").read_text())
+    assert (out / "curves.png").stat().st_size > 10_000 and "curves.png" in report
+    assert "scale 0.02" in report
