@@ -75,3 +75,13 @@ def test_demo_writes_table_report_and_figure(tmp_path, capsys):
         assert summary == json.loads((out / name / "summary.json").read_text())
     assert (out / "curves.png").stat().st_size > 10_000 and "curves.png" in report
     assert "scale 0.02" in report
+
+
+def test_resume_needs_only_the_output_folder_and_refuses_changed_settings(teacher, capsys):
+    before = (teacher / "summary.json").read_text()
+    assert main(["train", "--out", str(teacher), "--resume", "--quiet"]) == 0
+    assert main(["train", "--out", str(teacher), "--resume", "--seed", "9", "--quiet"]) == 2
+    assert "differ from those of the run" in capsys.readouterr().err
+    assert main(["train", *TINY, "--model", "resnet14", "--iterations", "8", "--out", str(teacher)]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert (teacher / "summary.json").read_text() == before

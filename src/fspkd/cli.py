@@ -130,8 +130,12 @@ def _add_schedule_flags(parser, prefix: str, what: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults, then the --config file, then the flags given."""
-    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    """Defaults, then the --config file (with --resume: the run's saved config.yaml), then the flags given."""
+    saved = Path(args.out) / "config.yaml" if getattr(args, "resume", False) else None
+    if saved is not None and saved.exists():
+        data = load_yaml(saved)
+    else:
+        data = load_yaml(args.config) if getattr(args, "config", None) else {}
     given = vars(args)
     for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
         dest = flag[2:].replace("-", "_")
@@ -146,7 +150,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     data["method"] = given.get("method", data.get("method", "fsp"))
     _merge_options(data, "model_options", given.get("model_option", []))
     _merge_options(data, "teacher_options", given.get("teacher_option", []))
-    config = RunConfig.from_dict(data, where=args.config or "configuration")
+    config = RunConfig.from_dict(data, where=str(saved or args.config or "configuration"))
     config.train = _schedule_from_args(config.train, given, "")
     if config.method in PAPER_STAGE1 or config.stage1 is not None:
         config.stage1 = _schedule_from_args(config.stage1 or PAPER_STAGE1[config.method], given, "stage1_")
