@@ -21,6 +21,8 @@ RUN_FLAGS = {
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
     "--model": ("model", str, "network to train (the student); see 'fspkd models'"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
+    "--micro-batches": ("micro_batches", int, "split each process's batch into this many pieces, accumulating "
+                        "gradients (default 1)"),
 }
 SCHEDULE_FLAGS = {
     "iterations": (int, "optimiser steps"),
@@ -119,6 +121,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="random horizontal flips (default off: the paper does not mention them)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="channels-last memory format (often faster on CPU)")
+    parser.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="SyncBatchNorm under multi-GPU torchrun (default on; CPU runs keep per-process BN)")
     _add_schedule_flags(parser, "", "the task stage (stage 2 of two-stage methods)")
 
 
@@ -137,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last"):
+    for flag in ("augment", "flip", "channels_last", "sync_bn"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):

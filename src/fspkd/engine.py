@@ -52,20 +52,26 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
           device: str | None = None) -> dict:
     """Run ``config`` into ``out_dir`` (or continue it with ``resume``) and return its summary."""
     ctx = distributed.setup(device)
-    out = Path(out_dir)
-    config = _prepare_out_dir(config.validate(), out, resume, ctx)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    run = Run(config, out, ctx, progress)
     try:
-        return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
+        out = Path(out_dir)
+        config = _prepare_out_dir(config.validate(), out, resume, ctx)
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+        run = Run(config, out, ctx, progress)
+        try:
+            return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
+        finally:
+            run.method.close()
     finally:
-        run.method.close()
+        distributed.teardown(ctx)
 
 
 def _prepare_out_dir(config: RunConfig, out: Path, resume: bool, ctx) -> RunConfig:
     saved = out / "config.yaml"
-    if saved.exists():
+    holds_run = saved.exists()
+    holds_files = out.exists() and any(out.iterdir())
+    distributed.barrier(ctx)  # every rank has looked before rank 0 writes
+    if holds_run:
         if not resume:
             raise FspkdError(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
@@ -78,7 +84,7 @@ def _prepare_out_dir(config: RunConfig, out: Path, resume: bool, ctx) -> RunConf
                 "resume with the same settings (or with none: the saved config.yaml is used)"
             )
         return stored.validate()
-    if out.exists() and any(out.iterdir()) and not resume:
+    if holds_files and not resume:
         raise FspkdError(f"{out} exists and is not empty; choose another --out")
     if ctx.is_main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -109,6 +115,14 @@ class Run:
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
+        if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:  # gloo has no SyncBatchNorm
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        local_batch = config.batch_size // ctx.world_size
+        if config.batch_size % ctx.world_size or local_batch % config.micro_batches:
+            raise FspkdError(
+                f"batch_size {config.batch_size} must split evenly over {ctx.world_size} processes and then into "
+                f"micro_batches {config.micro_batches}"
+            )
         if config.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         teacher = load_teacher(config, self.splits.num_classes, ctx.device) if config.teacher else None
@@ -197,12 +211,8 @@ class Run:
                 group["lr"] = lr
             images, labels = next(batches)
             images, labels = images.to(self.ctx.device, non_blocking=True), labels.to(self.ctx.device)
-            with self._autocast():
-                output = self.method.step(stage, images, labels, iteration / max(schedule.iterations - 1, 1))
-            self._check_finite(output, stage, iteration)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(output["loss"]).backward()
-            self._sync_extra_gradients(stage)
+            output = self._forward_backward(stage, iteration, images, labels, schedule, scaler)
             if schedule.clip_grad:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(self.method.parameters(stage), schedule.clip_grad)
@@ -231,6 +241,33 @@ class Run:
         self.method.student_forward = self.student
         self.method.end_stage(stage)
 
+    def _forward_backward(self, stage: str, iteration: int, images, labels, schedule: Schedule, scaler) -> dict:
+        """Loss and averaged gradients of this rank's share of one global batch, taken in
+        ``config.micro_batches`` pieces whose gradients accumulate; returns the pieces' mean loss and parts."""
+        pieces = self.config.micro_batches
+        progress = iteration / max(schedule.iterations - 1, 1)
+        outputs = []
+        statistics = RunningStatsMean(self.student)
+        for index, (x, y) in enumerate(zip(images.chunk(pieces), labels.chunk(pieces))):
+            statistics.restore()
+            with self._no_sync(last=index == pieces - 1), self._autocast():
+                output = self.method.step(stage, x, y, progress)
+            statistics.add()
+            self._check_finite(output, stage, iteration)
+            scaler.scale(output["loss"] / pieces).backward()
+            outputs.append(output)
+        statistics.finish()
+        self._average_gradients(stage)
+        distributed.average_float_buffers(self.student, self.ctx)
+        return _mean_output(outputs)
+
+    def _no_sync(self, last: bool):
+        """DDP averages gradients once, on the backward pass of the last piece."""
+        wrapped = self.method.student_forward
+        if last or not isinstance(wrapped, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return wrapped.no_sync()
+
     def _autocast(self):
         if self.config.precision == "fp32":
             return contextlib.nullcontext()
@@ -238,22 +275,23 @@ class Run:
         return torch.autocast(self.ctx.device.type, dtype=dtype)
 
     def _wrap_student(self, stage: str) -> None:
-        if not self.ctx.distributed:
+        """DDP-wrap the student where the loss flows through its output; a feature stage (FSP / hint training)
+        leaves its head without gradients, so its gradients are averaged by ``_average_gradients`` instead."""
+        if not self.ctx.distributed or stage in self.method.feature_stages:
             self.method.student_forward = self.student
             return
-        # stage 1 of FSP never uses the classifier head: DDP must not wait for its gradients
-        self.method.student_forward = DistributedDataParallel(
-            self.student, find_unused_parameters=stage == "stage1"
-        )
+        # buffers are averaged after each step (see RunningStatsMean), not broadcast from rank 0
+        self.method.student_forward = DistributedDataParallel(self.student, broadcast_buffers=False)
 
-    def _sync_extra_gradients(self, stage: str) -> None:
-        """Average the gradients of learnable modules outside the DDP-wrapped student (FitNet's regressors)."""
+    def _average_gradients(self, stage: str) -> None:
+        """Average over ranks the gradients DDP does not: extra modules (FitNet's regressors) and an unwrapped
+        student."""
         if not self.ctx.distributed:
             return
-        for module in self.method.extra_modules(stage).values():
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(distributed.mean_over_ranks(p.grad, self.ctx))
+        modules = list(self.method.extra_modules(stage).values())
+        if not isinstance(self.method.student_forward, DistributedDataParallel):
+            modules.append(self.student)
+        distributed.average_gradients([p for m in modules for p in m.parameters()], self.ctx)
 
     def _check_finite(self, output: dict, stage: str, iteration: int) -> None:
         finite = bool(torch.isfinite(output["loss"].detach()).all())
@@ -379,9 +417,9 @@ class Run:
         for key in ("val", "test"):
             accs = [m[f"{key}_acc"] for m in members if f"{key}_acc" in m]
             summary[f"{key}_acc"] = sum(accs) / len(accs) if accs else None
-            if len(members) > 1 and accs and not self.ctx.distributed:
+            if len(members) > 1 and accs:
                 summary[f"ensemble_{key}_acc"] = ensemble_accuracy(
-                    [m[f"{key}_probs"] for m in members], members[0][f"{key}_labels"]
+                    [m[f"{key}_probs"] for m in members], members[0][f"{key}_labels"], self.ctx
                 )
         summary["members"] = [
             {k: v for k, v in m.items() if not k.endswith(("_probs", "_labels"))} for m in members
@@ -404,3 +442,41 @@ def make_optimizer(schedule: Schedule, params) -> torch.optim.Optimizer:
     if schedule.optimizer == "adam":
         return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+
+
+def _mean_output(outputs: list[dict]) -> dict:
+    """One step's output from its micro-batches' outputs: mean loss and parts (detached), all logits."""
+    if len(outputs) == 1:
+        return outputs[0]
+    mean = lambda values: torch.stack([v.detach().float() for v in values]).mean()
+    logits = [o["logits"] for o in outputs]
+    return {
+        "loss": mean([o["loss"] for o in outputs]),
+        "logits": None if logits[0] is None else torch.cat([l.detach() for l in logits]),
+        "parts": {name: mean([o["parts"][name] for o in outputs]) for name in outputs[0]["parts"]},
+    }
+
+
+class RunningStatsMean:
+    """BatchNorm running statistics of a step taken in micro-batches: each piece updates them from the same
+    starting point and the step keeps the mean of those updates, which is what averaging the statistics over
+    DDP ranks gives. So a run split over N processes equals one process taking N micro-batches."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = list(model.buffers())  # running mean / var, and num_batches_tracked (+1 per step)
+        self.start = [b.detach().clone() for b in self.buffers]
+        self.sums = [torch.zeros_like(b, dtype=torch.float64) for b in self.buffers]
+        self.count = 0
+
+    def restore(self) -> None:
+        for buffer, start in zip(self.buffers, self.start):
+            buffer.copy_(start)
+
+    def add(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers):
+            total += buffer
+        self.count += 1
+
+    def finish(self) -> None:
+        for buffer, total in zip(self.buffers, self.sums):
+            buffer.copy_(total / self.count)  # an integer counter comes back exact

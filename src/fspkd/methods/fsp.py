@@ -26,6 +26,7 @@ class FSP(Method):
 
     name = "fsp"
     stages = ("stage1", "stage2")
+    feature_stages = ("stage1",)
     needs_teacher = True
 
     def __init__(self, student, teacher, config):
