@@ -198,11 +198,22 @@ def _literal(text: str):
 def _run(args, config: RunConfig) -> int:
     from .engine import train
 
+    if args.resume and not _names_settings(args):
+        config = None  # continue with the run's saved config.yaml
     summary = train(config, args.out, resume=args.resume, progress=not args.quiet, device=args.device)
     if not args.quiet:
         shown = {k: summary.get(k) for k in ("val_acc", "test_acc", "ensemble_val_acc", "ensemble_test_acc")}
         print(json.dumps({k: round(v, 2) for k, v in shown.items() if v is not None}))
     return 0
+
+
+def _names_settings(args) -> bool:
+    """Whether the command line gives any run setting (setting flags appear in ``args`` only when given)."""
+    control = {"out", "resume", "device", "quiet", "handler", "config", "model_option", "teacher_option"}
+    given = set(vars(args)) - control
+    if args.handler is _train:
+        given.discard("method")  # set by the subcommand itself
+    return bool(given or args.config or args.model_option or getattr(args, "teacher_option", []))
 
 
 def _train(args) -> int:

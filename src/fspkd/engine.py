@@ -48,13 +48,18 @@ class Position:
         return (self.member, self.stage_index, self.iteration)
 
 
-def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def train(config: RunConfig | None, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           device: str | None = None) -> dict:
-    """Run ``config`` into ``out_dir`` (or continue it with ``resume``) and return its summary."""
+    """Run ``config`` into ``out_dir`` and return its summary.
+
+    With ``resume``, a run already in ``out_dir`` continues from its last checkpoint (``config`` must then equal
+    the saved one, or be None to use it); an empty or missing ``out_dir`` starts afresh. Without ``resume`` an
+    existing run is refused, and so is a non-empty folder that holds no run.
+    """
     ctx = distributed.setup(device)
     try:
         out = Path(out_dir)
-        config = _prepare_out_dir(config.validate(), out, resume, ctx)
+        config = _prepare_out_dir(config, out, resume, ctx)
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
         run = Run(config, out, ctx, progress)
@@ -66,31 +71,44 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progr
         distributed.teardown(ctx)
 
 
-def _prepare_out_dir(config: RunConfig, out: Path, resume: bool, ctx) -> RunConfig:
+def _prepare_out_dir(config: RunConfig | None, out: Path, resume: bool, ctx) -> RunConfig:
+    """The run's settings, after checking what ``out`` holds; writes config.yaml for a new run."""
     saved = out / "config.yaml"
     holds_run = saved.exists()
     holds_files = out.exists() and any(out.iterdir())
     distributed.barrier(ctx)  # every rank has looked before rank 0 writes
     if holds_run:
-        if not resume:
-            raise FspkdError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        stored = RunConfig.from_dict(load_yaml(saved), where=str(saved))
-        differing = [k for k, v in stored.to_dict().items() if v != config.to_dict()[k]]
-        if differing and config != RunConfig():
-            raise FspkdError(
-                f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
-                "resume with the same settings (or with none: the saved config.yaml is used)"
-            )
-        return stored.validate()
-    if holds_files and not resume:
-        raise FspkdError(f"{out} exists and is not empty; choose another --out")
+        return _resumed_config(config, out, resume)
+    if holds_files:
+        raise FspkdError(f"{out} exists, is not empty and holds no fspkd run (no config.yaml); choose another --out")
+    if config is None:
+        raise FspkdError(f"--resume: {out} holds no run to continue; give the run's settings to start one")
+    config.validate()
     if ctx.is_main:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_yaml(saved, config.to_dict())
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "config.yaml.tmp"
+        save_yaml(tmp, config.to_dict())
+        tmp.replace(saved)  # a run folder either has its whole config.yaml or none
+        (out / "checkpoints").mkdir(exist_ok=True)
     distributed.barrier(ctx)
     return config
+
+
+def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunConfig:
+    if not resume:
+        raise FspkdError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    saved = out / "config.yaml"
+    stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).validate()
+    if config is not None:
+        given = config.validate().to_dict()
+        differing = [key for key, value in stored.to_dict().items() if value != given[key]]
+        if differing:
+            raise FspkdError(
+                f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
+                "resume with the same settings, or with none (the saved config.yaml is used)"
+            )
+    (out / "checkpoints").mkdir(exist_ok=True)
+    return stored
 
 
 def build_model(name: str, options: dict, num_classes: int) -> nn.Module:
@@ -229,12 +247,12 @@ class Run:
             is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
             if done % LOG_EVERY == 0 or is_eval:
                 row = self._train_row(position, stage, lr, output, labels)
-                if is_eval:
-                    if output["logits"] is not None:  # a stage-1 student's head is untrained: nothing to measure
-                        row.update(self._evaluate_row())
-                    self._checkpoint(position, optimizer, loader)
-                if self.ctx.is_main:
+                if is_eval and output["logits"] is not None:  # a stage-1 student's head is untrained
+                    row.update(self._evaluate_row())
+                if self.ctx.is_main:  # the row goes first: a resume from this checkpoint never lacks it
                     self.metrics.append(row)
+                if is_eval:
+                    self._checkpoint(position, optimizer, loader)
                 if is_eval and row.get("val_acc") is not None:
                     bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
         bar.close()
