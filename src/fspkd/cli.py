@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except FspkdError as err:
-        print(f"fspkd: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one message
+            print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fspkd: interrupted; continue with --resume", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """A message as one line (some library errors quote multi-line text)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:

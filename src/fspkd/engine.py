@@ -59,11 +59,13 @@ def train(config: RunConfig | None, out_dir: str | Path, *, resume: bool = False
     ctx = distributed.setup(device)
     try:
         out = Path(out_dir)
-        config = _prepare_out_dir(config, out, resume, ctx)
+        config, is_new = _prepare_out_dir(config, out, resume, ctx)
         if (out / "summary.json").exists():
             return json.loads((out / "summary.json").read_text())
-        run = Run(config, out, ctx, progress)
+        run = Run(config, out, ctx, progress)  # reads data and checkpoints: bad input stops here, nothing written
         try:
+            if is_new:
+                _start_run_folder(config, out, ctx)
             return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
         finally:
             run.method.close()
@@ -71,27 +73,30 @@ def train(config: RunConfig | None, out_dir: str | Path, *, resume: bool = False
         distributed.teardown(ctx)
 
 
-def _prepare_out_dir(config: RunConfig | None, out: Path, resume: bool, ctx) -> RunConfig:
-    """The run's settings, after checking what ``out`` holds; writes config.yaml for a new run."""
+def _prepare_out_dir(config: RunConfig | None, out: Path, resume: bool, ctx) -> tuple[RunConfig, bool]:
+    """The run's settings, and whether it is a new run, after checking what ``out`` holds."""
     saved = out / "config.yaml"
     holds_run = saved.exists()
     holds_files = out.exists() and any(out.iterdir())
     distributed.barrier(ctx)  # every rank has looked before rank 0 writes
     if holds_run:
-        return _resumed_config(config, out, resume)
+        return _resumed_config(config, out, resume), False
     if holds_files:
         raise FspkdError(f"{out} exists, is not empty and holds no fspkd run (no config.yaml); choose another --out")
     if config is None:
         raise FspkdError(f"--resume: {out} holds no run to continue; give the run's settings to start one")
-    config.validate()
+    return config.validate(), True
+
+
+def _start_run_folder(config: RunConfig, out: Path, ctx) -> None:
+    """``out/config.yaml`` (written whole or not at all) and ``out/checkpoints``."""
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / "config.yaml.tmp"
         save_yaml(tmp, config.to_dict())
-        tmp.replace(saved)  # a run folder either has its whole config.yaml or none
+        tmp.replace(out / "config.yaml")  # a run folder either has its whole config.yaml or none
         (out / "checkpoints").mkdir(exist_ok=True)
     distributed.barrier(ctx)
-    return config
 
 
 def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunConfig:
