@@ -135,6 +135,7 @@ def test_unknown_model_and_method_names_list_the_valid_ones(capsys, earlier, tmp
     (["--val-split", "1.5"], r"val_split must be in \[0, 1\), got 1.5"),
     (["--val-split", "-0.2"], r"val_split must be in \[0, 1\), got -0.2"),
     (["--batch-size", "0"], r"batch_size must be a positive integer, got 0"),
+    (["--precision", "fp16", "--device", "cpu"], r"precision fp16 needs a CUDA device .* use bf16 on CPU"),
 ])
 def test_bad_numbers(capsys, earlier, tmp_path, flags, pattern):
     fails_cleanly(capsys, ["train", "--out", str(tmp_path / "o"), *TINY, *flags], earlier, pattern)

@@ -41,9 +41,10 @@ def setup(device: str | None = None) -> Context:
     return Context(rank, world_size, device, owns_group)
 
 
-def teardown(ctx: Context) -> None:
-    """Leave the process group if ``setup`` joined it."""
-    if ctx.owns_group and dist.is_initialized():
+def teardown(ctx: Context, wait: bool = True) -> None:
+    """Leave the process group if ``setup`` joined it, once every rank is done (gloo aborts a process whose
+    peers leave first). ``wait=False`` after a failure on this rank alone: leave it to the process exit."""
+    if ctx.owns_group and dist.is_initialized() and wait:
         dist.barrier()
         dist.destroy_process_group()
 

@@ -58,19 +58,28 @@ def train(config: RunConfig | None, out_dir: str | Path, *, resume: bool = False
     """
     ctx = distributed.setup(device)
     try:
-        out = Path(out_dir)
-        config, is_new = _prepare_out_dir(config, out, resume, ctx)
-        if (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
-        run = Run(config, out, ctx, progress)  # reads data and checkpoints: bad input stops here, nothing written
-        try:
-            if is_new:
-                _start_run_folder(config, out, ctx)
-            return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
-        finally:
-            run.method.close()
+        summary = _train(config, Path(out_dir), resume, progress, ctx)
+    except FspkdError:
+        distributed.teardown(ctx)  # raised on every rank alike (input checks, any_rank): all reach the barrier
+        raise
+    except BaseException:
+        distributed.teardown(ctx, wait=False)
+        raise
+    distributed.teardown(ctx)
+    return summary
+
+
+def _train(config: RunConfig | None, out: Path, resume: bool, progress: bool, ctx) -> dict:
+    config, is_new = _prepare_out_dir(config, out, resume, ctx)
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    run = Run(config, out, ctx, progress)  # reads data and checkpoints: bad input stops here, nothing written
+    try:
+        if is_new:
+            _start_run_folder(config, out, ctx)
+        return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
     finally:
-        distributed.teardown(ctx)
+        run.method.close()
 
 
 def _prepare_out_dir(config: RunConfig | None, out: Path, resume: bool, ctx) -> tuple[RunConfig, bool]:
@@ -140,6 +149,9 @@ class Run:
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
         if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:  # gloo has no SyncBatchNorm
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        if config.precision == "fp16" and ctx.device.type != "cuda":
+            raise FspkdError(f"precision fp16 needs a CUDA device (gradient scaling), not {ctx.device}; "
+                             "use bf16 on CPU")
         local_batch = config.batch_size // ctx.world_size
         if config.batch_size % ctx.world_size or local_batch % config.micro_batches:
             raise FspkdError(
