@@ -3,13 +3,17 @@
 A run's folder holds ``config.yaml``, ``metrics.csv``, ``checkpoints/last.pt`` (everything needed to resume),
 ``checkpoints/stage1.pt`` (the shared stage-1 weights of a two-stage method), ``final.pt`` (or ``final-K.pt``
 for several students) and ``summary.json``.
+
+Under ``torchrun`` the same loop runs on every process (see docs/distributed.md): each takes its slice of the
+global batch, gradients and BatchNorm running statistics are averaged over ranks, metrics are reduced, and only
+rank 0 writes. ``micro_batches`` takes each process's slice in pieces with accumulated gradients, which is
+exactly what N processes with per-process BatchNorm compute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,20 +262,15 @@ class Run:
             stats["iterations"] += 1
             stats["wall_s"] += elapsed
             done = iteration + 1
-            loss_value = float(output["loss"].detach())
-            bar.update(done, loss_value, lr)
+            bar.update(done, float(output["loss"].detach()), lr)
             position = Position(member, stage_index, done)
             is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
             if done % LOG_EVERY == 0 or is_eval:
-                row = self._train_row(position, stage, lr, output, labels)
-                if is_eval and output["logits"] is not None:  # a stage-1 student's head is untrained
-                    row.update(self._evaluate_row())
-                if self.ctx.is_main:  # the row goes first: a resume from this checkpoint never lacks it
-                    self.metrics.append(row)
-                if is_eval:
-                    self._checkpoint(position, optimizer, loader)
-                if is_eval and row.get("val_acc") is not None:
+                row = self._log(position, stage, lr, output, labels, evaluate=is_eval)
+                if row.get("val_acc") is not None:
                     bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
+            if is_eval:
+                self._checkpoint(position, optimizer, loader)
         bar.close()
         self.method.student_forward = self.student
         self.method.end_stage(stage)
@@ -342,6 +341,15 @@ class Run:
         )
 
     # -- metrics, evaluation, checkpoints -------------------------------------------------------------------
+    def _log(self, position: Position, stage: str, lr: float, output: dict, labels, evaluate: bool) -> dict:
+        """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
+        row = self._train_row(position, stage, lr, output, labels)
+        if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
+            row.update(self._evaluate_row())
+        if self.ctx.is_main:  # written before the checkpoint: a resume from that checkpoint never lacks it
+            self.metrics.append(row)
+        return row
+
     def _train_row(self, position: Position, stage: str, lr: float, output: dict, labels) -> dict:
         values = {name: float(v.detach()) for name, v in output["parts"].items()}
         values["loss"] = float(output["loss"].detach())
