@@ -315,7 +315,7 @@ class Run:
             self.method.student_forward = self.student
             return
         # buffers are averaged after each step (see RunningStatsMean), not broadcast from rank 0
-        self.method.student_forward = DistributedDataParallel(self.student, broadcast_buffers=False)
+        self.method.student_forward = DistributedDataParallel(self.student, forward_sync_buffers=False)
 
     def _average_gradients(self, stage: str) -> None:
         """Average over ranks the gradients DDP does not: extra modules (FitNet's regressors) and an unwrapped
