@@ -156,6 +156,8 @@ def test_an_existing_run_is_refused_or_resumed_never_overwritten(capsys, earlier
                   r"already holds a run; pass --resume")
     fails_cleanly(capsys, ["train", "--model", "resnet8", "--out", str(earlier), "--resume", *TINY[:-1],
                            "--lr", "0.5", "--quiet"], earlier, r"--resume: the settings given differ .* in train")
+    fails_cleanly(capsys, ["distill", "--out", str(tmp_path / "none"), "--resume"], earlier,
+                  r"--resume: .*none holds no run to continue")
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
