@@ -122,7 +122,8 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a (safe) checkpoint
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
         raise FspkdError(
             f"{path}: not a readable checkpoint (expected a torch.save file that loads with weights_only=True, "
             f"or a .safetensors file): {reason}"

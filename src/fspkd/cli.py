@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,6 +22,8 @@ RUN_FLAGS = {
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
     "--model": ("model", str, "network to train (the student); see 'fspkd models'"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
+    "--micro-batches": ("micro_batches", int, "split each process's batch into this many pieces, accumulating "
+                        "gradients (default 1)"),
 }
 SCHEDULE_FLAGS = {
     "iterations": (int, "optimiser steps"),
@@ -54,11 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except FspkdError as err:
-        print(f"fspkd: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one message
+            print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fspkd: interrupted; continue with --resume", file=sys.stderr)
         return 130
+
+
+def one_line(message: str) -> str:
+    """A message as one line (some library errors quote multi-line text)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +128,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="random horizontal flips (default off: the paper does not mention them)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="channels-last memory format (often faster on CPU)")
+    parser.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                        help="SyncBatchNorm under multi-GPU torchrun (default on; CPU runs keep per-process BN)")
     _add_schedule_flags(parser, "", "the task stage (stage 2 of two-stage methods)")
 
 
@@ -141,7 +152,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last"):
+    for flag in ("augment", "flip", "channels_last", "sync_bn"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):
@@ -198,11 +209,22 @@ def _literal(text: str):
 def _run(args, config: RunConfig) -> int:
     from .engine import train
 
+    if args.resume and not _names_settings(args):
+        config = None  # continue with the run's saved config.yaml
     summary = train(config, args.out, resume=args.resume, progress=not args.quiet, device=args.device)
     if not args.quiet:
         shown = {k: summary.get(k) for k in ("val_acc", "test_acc", "ensemble_val_acc", "ensemble_test_acc")}
         print(json.dumps({k: round(v, 2) for k, v in shown.items() if v is not None}))
     return 0
+
+
+def _names_settings(args) -> bool:
+    """Whether the command line gives any run setting (setting flags appear in ``args`` only when given)."""
+    control = {"out", "resume", "device", "quiet", "handler", "config", "model_option", "teacher_option"}
+    given = set(vars(args)) - control
+    if args.handler is _train:
+        given.discard("method")  # set by the subcommand itself
+    return bool(given or args.config or args.model_option or getattr(args, "teacher_option", []))
 
 
 def _train(args) -> int:

@@ -82,6 +82,8 @@ class RunConfig:
     fitnet_kd_weight: list[float] = field(default_factory=lambda: [4.0, 1.0])  # lambda from .. to, linearly
     channels_last: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
+    micro_batches: int = 1  # each rank's batch in this many pieces, gradients accumulated (one optimiser step)
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CPU/gloo has none: per-rank BN statistics)
 
     def validate(self) -> "RunConfig":
         for name, schedule in (("train", self.train), ("stage1", self.stage1)):
@@ -89,9 +91,11 @@ class RunConfig:
                 _validate_schedule(name, schedule)
         if not 0.0 <= self.val_split < 1.0:
             raise FspkdError(f"val_split must be in [0, 1), got {self.val_split}")
-        for key in ("batch_size", "eval_every", "eval_batch_size", "students"):
+        for key in ("batch_size", "eval_every", "eval_batch_size", "students", "micro_batches"):
             if getattr(self, key) < 1:
                 raise FspkdError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        if self.batch_size % self.micro_batches:
+            raise FspkdError(f"batch_size {self.batch_size} must divide evenly into micro_batches {self.micro_batches}")
         if self.fsp_first not in ("before", "after"):
             raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
         if self.fitnet_hints not in (1, 3):

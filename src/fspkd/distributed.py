@@ -14,6 +14,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this run joined the process group and leaves it at the end
 
     @property
     def is_main(self) -> bool:
@@ -34,13 +35,17 @@ def setup(device: str | None = None) -> Context:
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(rank, world_size, device)
+    return Context(rank, world_size, device, owns_group)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
+def teardown(ctx: Context, wait: bool = True) -> None:
+    """Leave the process group if ``setup`` joined it, once every rank is done (gloo aborts a process whose
+    peers leave first). ``wait=False`` after a failure on this rank alone: leave it to the process exit."""
+    if ctx.owns_group and dist.is_initialized() and wait:
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -51,6 +56,29 @@ def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     values = values.detach().clone()
     dist.all_reduce(values)
     return values / ctx.world_size
+
+
+def average_gradients(params, ctx: Context) -> None:
+    """Replace each gradient by its mean over ranks (what DDP does for the modules it wraps)."""
+    _average_in_place([p.grad for p in params if p.grad is not None], ctx)
+
+
+def average_float_buffers(module: torch.nn.Module, ctx: Context) -> None:
+    """Replace each floating-point buffer (BatchNorm running statistics) by its mean over ranks."""
+    _average_in_place([b for b in module.buffers() if b.is_floating_point()], ctx)
+
+
+def _average_in_place(tensors: list[torch.Tensor], ctx: Context) -> None:
+    """All tensors averaged over ranks in one all-reduce of their concatenation."""
+    if not ctx.distributed or not tensors:
+        return
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= ctx.world_size
+    offset = 0
+    for tensor in tensors:
+        tensor.detach().copy_(flat[offset:offset + tensor.numel()].view_as(tensor))
+        offset += tensor.numel()
 
 
 def sum_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
@@ -73,3 +101,4 @@ def any_rank(flag: bool, ctx: Context) -> bool:
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
         dist.barrier()
+

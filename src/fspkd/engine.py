@@ -3,13 +3,17 @@
 A run's folder holds ``config.yaml``, ``metrics.csv``, ``checkpoints/last.pt`` (everything needed to resume),
 ``checkpoints/stage1.pt`` (the shared stage-1 weights of a two-stage method), ``final.pt`` (or ``final-K.pt``
 for several students) and ``summary.json``.
+
+Under ``torchrun`` the same loop runs on every process (see docs/distributed.md): each takes its slice of the
+global batch, gradients and BatchNorm running statistics are averaged over ranks, metrics are reduced, and only
+rank 0 writes. ``micro_batches`` takes each process's slice in pieces with accumulated gradients, which is
+exactly what N processes with per-process BatchNorm compute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,43 +52,81 @@ class Position:
         return (self.member, self.stage_index, self.iteration)
 
 
-def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+def train(config: RunConfig | None, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
           device: str | None = None) -> dict:
-    """Run ``config`` into ``out_dir`` (or continue it with ``resume``) and return its summary."""
+    """Run ``config`` into ``out_dir`` and return its summary.
+
+    With ``resume``, a run already in ``out_dir`` continues from its last checkpoint (``config`` must then equal
+    the saved one, or be None to use it); an empty or missing ``out_dir`` starts afresh. Without ``resume`` an
+    existing run is refused, and so is a non-empty folder that holds no run.
+    """
     ctx = distributed.setup(device)
-    out = Path(out_dir)
-    config = _prepare_out_dir(config.validate(), out, resume, ctx)
+    try:
+        summary = _train(config, Path(out_dir), resume, progress, ctx)
+    except FspkdError:
+        distributed.teardown(ctx)  # raised on every rank alike (input checks, any_rank): all reach the barrier
+        raise
+    except BaseException:
+        distributed.teardown(ctx, wait=False)
+        raise
+    distributed.teardown(ctx)
+    return summary
+
+
+def _train(config: RunConfig | None, out: Path, resume: bool, progress: bool, ctx) -> dict:
+    config, is_new = _prepare_out_dir(config, out, resume, ctx)
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
-    run = Run(config, out, ctx, progress)
+    run = Run(config, out, ctx, progress)  # reads data and checkpoints: bad input stops here, nothing written
     try:
+        if is_new:
+            _start_run_folder(config, out, ctx)
         return run.execute(resume=resume and (out / "checkpoints" / "last.pt").exists())
     finally:
         run.method.close()
 
 
-def _prepare_out_dir(config: RunConfig, out: Path, resume: bool, ctx) -> RunConfig:
+def _prepare_out_dir(config: RunConfig | None, out: Path, resume: bool, ctx) -> tuple[RunConfig, bool]:
+    """The run's settings, and whether it is a new run, after checking what ``out`` holds."""
     saved = out / "config.yaml"
-    if saved.exists():
-        if not resume:
-            raise FspkdError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        stored = RunConfig.from_dict(load_yaml(saved), where=str(saved))
-        differing = [k for k, v in stored.to_dict().items() if v != config.to_dict()[k]]
-        if differing and config != RunConfig():
+    holds_run = saved.exists()
+    holds_files = out.exists() and any(out.iterdir())
+    distributed.barrier(ctx)  # every rank has looked before rank 0 writes
+    if holds_run:
+        return _resumed_config(config, out, resume), False
+    if holds_files:
+        raise FspkdError(f"{out} exists, is not empty and holds no fspkd run (no config.yaml); choose another --out")
+    if config is None:
+        raise FspkdError(f"--resume: {out} holds no run to continue; give the run's settings to start one")
+    return config.validate(), True
+
+
+def _start_run_folder(config: RunConfig, out: Path, ctx) -> None:
+    """``out/config.yaml`` (written whole or not at all) and ``out/checkpoints``."""
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "config.yaml.tmp"
+        save_yaml(tmp, config.to_dict())
+        tmp.replace(out / "config.yaml")  # a run folder either has its whole config.yaml or none
+        (out / "checkpoints").mkdir(exist_ok=True)
+    distributed.barrier(ctx)
+
+
+def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunConfig:
+    if not resume:
+        raise FspkdError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    saved = out / "config.yaml"
+    stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).validate()
+    if config is not None:
+        given = config.validate().to_dict()
+        differing = [key for key, value in stored.to_dict().items() if value != given[key]]
+        if differing:
             raise FspkdError(
                 f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
-                "resume with the same settings (or with none: the saved config.yaml is used)"
+                "resume with the same settings, or with none (the saved config.yaml is used)"
             )
-        return stored.validate()
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise FspkdError(f"{out} exists and is not empty; choose another --out")
-    if ctx.is_main:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        save_yaml(saved, config.to_dict())
-    distributed.barrier(ctx)
-    return config
+    (out / "checkpoints").mkdir(exist_ok=True)
+    return stored
 
 
 def build_model(name: str, options: dict, num_classes: int) -> nn.Module:
@@ -109,6 +151,17 @@ class Run:
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
+        if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:  # gloo has no SyncBatchNorm
+            self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        if config.precision == "fp16" and ctx.device.type != "cuda":
+            raise FspkdError(f"precision fp16 needs a CUDA device (gradient scaling), not {ctx.device}; "
+                             "use bf16 on CPU")
+        local_batch = config.batch_size // ctx.world_size
+        if config.batch_size % ctx.world_size or local_batch % config.micro_batches:
+            raise FspkdError(
+                f"batch_size {config.batch_size} must split evenly over {ctx.world_size} processes and then into "
+                f"micro_batches {config.micro_batches}"
+            )
         if config.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         teacher = load_teacher(config, self.splits.num_classes, ctx.device) if config.teacher else None
@@ -197,12 +250,8 @@ class Run:
                 group["lr"] = lr
             images, labels = next(batches)
             images, labels = images.to(self.ctx.device, non_blocking=True), labels.to(self.ctx.device)
-            with self._autocast():
-                output = self.method.step(stage, images, labels, iteration / max(schedule.iterations - 1, 1))
-            self._check_finite(output, stage, iteration)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(output["loss"]).backward()
-            self._sync_extra_gradients(stage)
+            output = self._forward_backward(stage, iteration, images, labels, schedule, scaler)
             if schedule.clip_grad:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(self.method.parameters(stage), schedule.clip_grad)
@@ -213,23 +262,45 @@ class Run:
             stats["iterations"] += 1
             stats["wall_s"] += elapsed
             done = iteration + 1
-            loss_value = float(output["loss"].detach())
-            bar.update(done, loss_value, lr)
+            bar.update(done, float(output["loss"].detach()), lr)
             position = Position(member, stage_index, done)
             is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
             if done % LOG_EVERY == 0 or is_eval:
-                row = self._train_row(position, stage, lr, output, labels)
-                if is_eval:
-                    if output["logits"] is not None:  # a stage-1 student's head is untrained: nothing to measure
-                        row.update(self._evaluate_row())
-                    self._checkpoint(position, optimizer, loader)
-                if self.ctx.is_main:
-                    self.metrics.append(row)
-                if is_eval and row.get("val_acc") is not None:
+                row = self._log(position, stage, lr, output, labels, evaluate=is_eval)
+                if row.get("val_acc") is not None:
                     bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
+            if is_eval:
+                self._checkpoint(position, optimizer, loader)
         bar.close()
         self.method.student_forward = self.student
         self.method.end_stage(stage)
+
+    def _forward_backward(self, stage: str, iteration: int, images, labels, schedule: Schedule, scaler) -> dict:
+        """Loss and averaged gradients of this rank's share of one global batch, taken in
+        ``config.micro_batches`` pieces whose gradients accumulate; returns the pieces' mean loss and parts."""
+        pieces = self.config.micro_batches
+        progress = iteration / max(schedule.iterations - 1, 1)
+        outputs = []
+        statistics = RunningStatsMean(self.student)
+        for index, (x, y) in enumerate(zip(images.chunk(pieces), labels.chunk(pieces))):
+            statistics.restore()
+            with self._no_sync(last=index == pieces - 1), self._autocast():
+                output = self.method.step(stage, x, y, progress)
+            statistics.add()
+            self._check_finite(output, stage, iteration)
+            scaler.scale(output["loss"] / pieces).backward()
+            outputs.append(output)
+        statistics.finish()
+        self._average_gradients(stage)
+        distributed.average_float_buffers(self.student, self.ctx)
+        return _mean_output(outputs)
+
+    def _no_sync(self, last: bool):
+        """DDP averages gradients once, on the backward pass of the last piece."""
+        wrapped = self.method.student_forward
+        if last or not isinstance(wrapped, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return wrapped.no_sync()
 
     def _autocast(self):
         if self.config.precision == "fp32":
@@ -238,22 +309,23 @@ class Run:
         return torch.autocast(self.ctx.device.type, dtype=dtype)
 
     def _wrap_student(self, stage: str) -> None:
-        if not self.ctx.distributed:
+        """DDP-wrap the student where the loss flows through its output; a feature stage (FSP / hint training)
+        leaves its head without gradients, so its gradients are averaged by ``_average_gradients`` instead."""
+        if not self.ctx.distributed or stage in self.method.feature_stages:
             self.method.student_forward = self.student
             return
-        # stage 1 of FSP never uses the classifier head: DDP must not wait for its gradients
-        self.method.student_forward = DistributedDataParallel(
-            self.student, find_unused_parameters=stage == "stage1"
-        )
+        # buffers are averaged after each step (see RunningStatsMean), not broadcast from rank 0
+        self.method.student_forward = DistributedDataParallel(self.student, forward_sync_buffers=False)
 
-    def _sync_extra_gradients(self, stage: str) -> None:
-        """Average the gradients of learnable modules outside the DDP-wrapped student (FitNet's regressors)."""
+    def _average_gradients(self, stage: str) -> None:
+        """Average over ranks the gradients DDP does not: extra modules (FitNet's regressors) and an unwrapped
+        student."""
         if not self.ctx.distributed:
             return
-        for module in self.method.extra_modules(stage).values():
-            for p in module.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(distributed.mean_over_ranks(p.grad, self.ctx))
+        modules = list(self.method.extra_modules(stage).values())
+        if not isinstance(self.method.student_forward, DistributedDataParallel):
+            modules.append(self.student)
+        distributed.average_gradients([p for m in modules for p in m.parameters()], self.ctx)
 
     def _check_finite(self, output: dict, stage: str, iteration: int) -> None:
         finite = bool(torch.isfinite(output["loss"].detach()).all())
@@ -269,6 +341,15 @@ class Run:
         )
 
     # -- metrics, evaluation, checkpoints -------------------------------------------------------------------
+    def _log(self, position: Position, stage: str, lr: float, output: dict, labels, evaluate: bool) -> dict:
+        """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
+        row = self._train_row(position, stage, lr, output, labels)
+        if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
+            row.update(self._evaluate_row())
+        if self.ctx.is_main:  # written before the checkpoint: a resume from that checkpoint never lacks it
+            self.metrics.append(row)
+        return row
+
     def _train_row(self, position: Position, stage: str, lr: float, output: dict, labels) -> dict:
         values = {name: float(v.detach()) for name, v in output["parts"].items()}
         values["loss"] = float(output["loss"].detach())
@@ -379,9 +460,9 @@ class Run:
         for key in ("val", "test"):
             accs = [m[f"{key}_acc"] for m in members if f"{key}_acc" in m]
             summary[f"{key}_acc"] = sum(accs) / len(accs) if accs else None
-            if len(members) > 1 and accs and not self.ctx.distributed:
+            if len(members) > 1 and accs:
                 summary[f"ensemble_{key}_acc"] = ensemble_accuracy(
-                    [m[f"{key}_probs"] for m in members], members[0][f"{key}_labels"]
+                    [m[f"{key}_probs"] for m in members], members[0][f"{key}_labels"], self.ctx
                 )
         summary["members"] = [
             {k: v for k, v in m.items() if not k.endswith(("_probs", "_labels"))} for m in members
@@ -404,3 +485,41 @@ def make_optimizer(schedule: Schedule, params) -> torch.optim.Optimizer:
     if schedule.optimizer == "adam":
         return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
     return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+
+
+def _mean_output(outputs: list[dict]) -> dict:
+    """One step's output from its micro-batches' outputs: mean loss and parts (detached), all logits."""
+    if len(outputs) == 1:
+        return outputs[0]
+    mean = lambda values: torch.stack([v.detach().float() for v in values]).mean()
+    logits = [o["logits"] for o in outputs]
+    return {
+        "loss": mean([o["loss"] for o in outputs]),
+        "logits": None if logits[0] is None else torch.cat([l.detach() for l in logits]),
+        "parts": {name: mean([o["parts"][name] for o in outputs]) for name in outputs[0]["parts"]},
+    }
+
+
+class RunningStatsMean:
+    """BatchNorm running statistics of a step taken in micro-batches: each piece updates them from the same
+    starting point and the step keeps the mean of those updates, which is what averaging the statistics over
+    DDP ranks gives. So a run split over N processes equals one process taking N micro-batches."""
+
+    def __init__(self, model: nn.Module):
+        self.buffers = list(model.buffers())  # running mean / var, and num_batches_tracked (+1 per step)
+        self.start = [b.detach().clone() for b in self.buffers]
+        self.sums = [torch.zeros_like(b, dtype=torch.float64) for b in self.buffers]
+        self.count = 0
+
+    def restore(self) -> None:
+        for buffer, start in zip(self.buffers, self.start):
+            buffer.copy_(start)
+
+    def add(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers):
+            total += buffer
+        self.count += 1
+
+    def finish(self) -> None:
+        for buffer, total in zip(self.buffers, self.sums):
+            buffer.copy_(total / self.count)  # an integer counter comes back exact

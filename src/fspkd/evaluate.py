@@ -42,7 +42,13 @@ def evaluate(model: nn.Module, images: ImageSet, mean, std, **kwargs) -> float:
     return accuracy(probs, labels, kwargs.get("ctx", Context()))
 
 
-def ensemble_accuracy(all_probs: Sequence[torch.Tensor], labels: torch.Tensor) -> float:
-    """Accuracy of the averaged softmax of several networks (the paper's ensembles)."""
+def ensemble_accuracy(all_probs: Sequence[torch.Tensor], labels: torch.Tensor, ctx: Context = Context()) -> float:
+    """Accuracy of the averaged softmax of several networks (the paper's ensembles), over all ranks' shares.
+
+    Every network's probabilities on a rank cover the same shard (``predict`` shards identically), so each rank
+    averages its rows and only the counts of hits are summed over ranks.
+    """
+    if not len(labels):
+        return accuracy(torch.zeros(0, 0), labels, ctx)
     mean_probs = torch.stack(list(all_probs)).mean(dim=0)
-    return accuracy(mean_probs, labels)
+    return accuracy(mean_probs, labels, ctx)

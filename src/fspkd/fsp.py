@@ -33,7 +33,8 @@ def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     batch, m, h, w = a.shape
     a = a.float().reshape(batch, m, h * w)
     b = b.float().reshape(batch, b.shape[1], h * w)
-    return torch.bmm(a, b.transpose(1, 2)) / (h * w)
+    with torch.autocast(a.device.type, enabled=False):  # autocast would run bmm in bf16 / fp16 again
+        return torch.bmm(a, b.transpose(1, 2)) / (h * w)
 
 
 def _match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

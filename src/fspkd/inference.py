@@ -44,7 +44,10 @@ def load_network(path: Path, model: str | None, options: dict, num_classes: int)
         load_weights(net, path)
         return net.eval(), (tuple(payload["mean"]), tuple(payload["std"]))
     if model is None:
-        raise FspkdError(f"{path} is not an fspkd checkpoint: name its architecture with --model")
+        raise FspkdError(
+            f"{path} is not an fspkd checkpoint (a plain state dict): name its architecture "
+            "(--teacher-model for a teacher, --model for fspkd eval)"
+        )
     state = load_state_dict_file(path)
     head = next((state[k] for k in ("linear.weight", "fc.weight") if k in state), None)
     net = create(model, num_classes=int(head.shape[0]) if head is not None else num_classes, **options)
@@ -53,10 +56,8 @@ def load_network(path: Path, model: str | None, options: dict, num_classes: int)
 
 
 def _our_payload(path: Path) -> dict | None:
-    if path.suffix != ".pt":
+    """Our checkpoint's contents; None for a foreign state dict. A file that is no checkpoint raises."""
+    if path.suffix == ".safetensors":
         return None
-    try:
-        payload = load_checkpoint(path)
-    except FspkdError:
-        return None
+    payload = load_checkpoint(path)
     return payload if "model_name" in payload else None

@@ -23,15 +23,18 @@ class MetricsFile:
         self.path = path
 
     def truncate_after(self, keep) -> None:
-        """Keep only the rows for which ``keep(row)`` is true (rows written after the last checkpoint go)."""
+        """Keep only the rows for which ``keep(row)`` is true (rows written after the last checkpoint go), and
+        drop a row torn by a crash mid-write; the file is replaced atomically."""
         if not self.path.exists():
             return
         with self.path.open(newline="") as f:
-            rows = [row for row in csv.DictReader(f) if keep(row)]
-        with self.path.open("w", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if None not in row.values() and keep(row)]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
+        tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()

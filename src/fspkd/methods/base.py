@@ -23,6 +23,7 @@ class Method:
 
     name = "plain"
     stages: tuple[str, ...] = ("train",)
+    feature_stages: tuple[str, ...] = ()  # stages whose loss uses the student's features, not its output
     needs_teacher = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, config: RunConfig):

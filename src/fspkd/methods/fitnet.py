@@ -36,6 +36,7 @@ class FitNet(Method):
 
     name = "fitnet"
     stages = ("stage1", "stage2")
+    feature_stages = ("stage1",)
     needs_teacher = True
 
     def __init__(self, student, teacher, config):

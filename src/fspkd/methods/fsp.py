@@ -6,6 +6,7 @@ import torch
 
 from ..errors import FspkdError
 from ..fsp import ChannelShuffle, fsp_loss, fsp_matrix
+from ..models import create
 from ..taps import FeatureTaps
 from .base import Method
 
@@ -26,6 +27,7 @@ class FSP(Method):
 
     name = "fsp"
     stages = ("stage1", "stage2")
+    feature_stages = ("stage1",)
     needs_teacher = True
 
     def __init__(self, student, teacher, config):
@@ -60,7 +62,7 @@ class FSP(Method):
             raise FspkdError(
                 "FSP needs equal channel widths at both ends of every pair; "
                 + "; ".join(bad)
-                + ". Choose a student of the teacher's widths (e.g. the same width multiplier) or other tap points"
+                + f". Would fit: {_what_fits(self.config, student_g, teacher_g)}"
             )
         if self.config.shuffle_seed is not None:
             channels = {}
@@ -90,6 +92,25 @@ class FSP(Method):
     def close(self):
         self.student_taps.remove()
         self.teacher_taps.remove()
+
+
+def _what_fits(config, student_g, teacher_g) -> str:
+    """A student that would fit: the teacher's widths at every tap, and the width multiplier giving them."""
+    wanted = ", ".join(str(tuple(g.shape[1:])) for g in teacher_g)
+    text = f"a student with the teacher's widths {wanted} at its tap points"
+    ratios = {gt.shape[d] / gs.shape[d] for gs, gt in zip(student_g, teacher_g) for d in (1, 2)}
+    width = config.model_options.get("width", 1) * ratios.pop() if len(ratios) == 1 else 0
+    if width >= 1 and width == int(width) and _takes_width(config, int(width)):
+        text += f", e.g. --model {config.model} --model-option width={int(width)}"
+    return text + ", or other tap points (--fsp-pairs)"
+
+
+def _takes_width(config, width: int) -> bool:
+    try:
+        create(config.model, **{**config.model_options, "width": width})
+    except (FspkdError, TypeError):
+        return False
+    return True
 
 
 def _unique(pairs):

@@ -1,0 +1,68 @@
+"""A real ``fspkd distill`` process killed with SIGKILL mid-run, then ``--resume``d, ends exactly like a run that
+was never interrupted: the same weights bit for bit and the same metrics.csv (all but its wall-clock column)."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fspkd.checkpoint import load_checkpoint
+from fspkd.cli import main
+from fspkd.config import RunConfig, Schedule
+from fspkd.engine import train
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
+
+
+def wait_for_stage2_rows(metrics: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll until metrics.csv has two stage-2 rows or the process ends. A row is written just before its
+    checkpoint, so by the second one the first stage-2 checkpoint exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if metrics.exists() and metrics.read_text().count(",stage2,") >= 2:
+            return
+        time.sleep(0.01)
+    pytest.fail(f"no stage-2 checkpoint before the process ended (exit {process.poll()})")
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
+    teacher = tmp_path / "teacher"
+    train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=5,
+                    train=Schedule(iterations=5, lr=0.05)), teacher, progress=False)
+    flags = ["--method", "fsp", "--teacher", str(teacher), "--model", "resnet8", "--data", "synthetic:320,100",
+             "--batch-size", "32", "--eval-every", "5", "--val-split", "0.1", "--stage1-iterations", "10",
+             "--stage1-lr", "1e-3", "--iterations", "80", "--lr", "0.05", "--quiet"]
+    assert main(["distill", "--out", str(tmp_path / "straight"), *flags]) == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "fspkd", "distill", "--out", str(killed), *flags], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_stage2_rows(killed / "metrics.csv", process)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (killed / "summary.json").exists(), "the run ended before the kill: make it longer"
+    position = load_checkpoint(killed / "checkpoints" / "last.pt")["position"]
+    assert position[1] == 1 and 0 < position[2] < 80  # killed mid stage 2
+
+    assert main(["distill", "--out", str(killed), "--resume", "--quiet"]) == 0  # the saved config.yaml
+    straight = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]
+    resumed = load_checkpoint(killed / "final.pt")["model"]
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert read_rows(killed / "metrics.csv") == read_rows(tmp_path / "straight" / "metrics.csv")
