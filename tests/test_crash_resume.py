@@ -36,6 +36,7 @@ def wait_for_stage2_rows(metrics: Path, process: subprocess.Popen, timeout: floa
     pytest.fail(f"no stage-2 checkpoint before the process ended (exit {process.poll()})")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     teacher = tmp_path / "teacher"
     train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=5,
