@@ -36,6 +36,7 @@ def wait_for_stage2_rows(metrics: Path, process: subprocess.Popen, timeout: floa
     pytest.fail(f"no stage-2 checkpoint before the process ended (exit {process.poll()})")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     teacher = tmp_path / "teacher"
     train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=5,
@@ -66,3 +67,17 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
     assert read_rows(killed / "metrics.csv") == read_rows(tmp_path / "straight" / "metrics.csv")
+
+
+def test_a_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
+    from fspkd.runlog import MetricsFile
+
+    metrics = MetricsFile(tmp_path / "metrics.csv")
+    metrics.append({"member": 0, "stage": "train", "iteration": 20, "loss": 1.5})
+    metrics.append({"member": 0, "stage": "train", "iteration": 40, "loss": 1.25})
+    text = metrics.path.read_text()
+    metrics.path.write_text(text[: text.index(",train,40") + len(",train,4")])  # the crash cut "40" to "4"
+    metrics.truncate_after(lambda row: int(row["iteration"]) <= 20)
+    rows = read_rows(metrics.path)
+    assert [row["iteration"] for row in rows] == ["20"]
+    assert not list(tmp_path.glob("*.tmp"))

@@ -4,16 +4,20 @@ Gloo has no SyncBatchNorm, so each process normalises its half of the batch with
 process with ``micro_batches=2`` computes exactly that (each half normalised alone, gradients accumulated, BN
 running statistics averaged over the halves as the ranks average theirs), so the two runs must agree: the loss
 curve, the accuracies, every weight and buffer. A single process with the whole batch in one piece would
-normalise over all of it and is not expected to agree.
+normalise over all of it and is not expected to agree. The same reference checks a two-process run that was
+killed with SIGKILL (launcher and workers) in stage 2 and continued with ``--resume``.
 """
 
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from fspkd.checkpoint import load_checkpoint
@@ -36,20 +40,9 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-def test_two_torchrun_processes_equal_one_process_with_two_micro_batches(tmp_path):
-    teacher = tmp_path / "teacher"
-    train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=6, val_split=0.1,
-                    seed=3, train=Schedule(iterations=6, lr=0.05)), teacher, progress=False)
-    distill = ["--method", "fsp", "--teacher", str(teacher), "--model", "resnet8", "--students", "2",
-               "--stage1-iterations", "4", "--stage1-lr", "1e-3", "--iterations", "6", "--lr", "0.05", *TINY]
-    # --standalone: a private rendezvous on a free local port
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-              "-m", "fspkd", "distill", "--quiet", "--out", str(tmp_path / "ddp"), *distill]
-    done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert main(["distill", "--quiet", "--micro-batches", "2", "--out", str(tmp_path / "one"), *distill]) == 0
-
-    ddp_rows, one_rows = read_rows(tmp_path / "ddp" / "metrics.csv"), read_rows(tmp_path / "one" / "metrics.csv")
+def assert_same_run(ddp_dir: Path, one_dir: Path, weights: list[str]) -> None:
+    """Equal metrics.csv rows (but wall time) and equal weights and buffers, within float tolerance."""
+    ddp_rows, one_rows = read_rows(ddp_dir / "metrics.csv"), read_rows(one_dir / "metrics.csv")
     assert len(ddp_rows) == len(one_rows) > 0
     for ddp, one in zip(ddp_rows, one_rows):
         assert (ddp["member"], ddp["stage"], ddp["iteration"]) == (one["member"], one["stage"], one["iteration"])
@@ -57,14 +50,67 @@ def test_two_torchrun_processes_equal_one_process_with_two_micro_batches(tmp_pat
             if one[column] or ddp[column]:
                 torch.testing.assert_close(float(ddp[column]), float(one[column]), rtol=1e-4, atol=1e-5,
                                            msg=f"{column} at {one['stage']} {one['iteration']}")
-    for name in ("checkpoints/stage1.pt", "final-1.pt", "final-2.pt"):
-        ddp, one = load_checkpoint(tmp_path / "ddp" / name)["model"], load_checkpoint(tmp_path / "one" / name)["model"]
+    for name in weights:
+        ddp, one = load_checkpoint(ddp_dir / name)["model"], load_checkpoint(one_dir / name)["model"]
         assert ddp.keys() == one.keys()
         for key in one:
             torch.testing.assert_close(ddp[key], one[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+
+
+def torchrun(*args: str) -> list[str]:
+    """Two processes on this machine; --standalone: a private rendezvous on a free local port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "fspkd", *args]
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "teacher"
+    train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=6, val_split=0.1,
+                    seed=3, train=Schedule(iterations=6, lr=0.05)), out, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_two_torchrun_processes_equal_one_process_with_two_micro_batches(teacher, tmp_path):
+    distill = ["--method", "fsp", "--teacher", str(teacher), "--model", "resnet8", "--students", "2",
+               "--stage1-iterations", "4", "--stage1-lr", "1e-3", "--iterations", "6", "--lr", "0.05", *TINY]
+    launch = torchrun("distill", "--quiet", "--out", str(tmp_path / "ddp"), *distill)
+    done = subprocess.run(launch, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["distill", "--quiet", "--micro-batches", "2", "--out", str(tmp_path / "one"), *distill]) == 0
+
+    assert_same_run(tmp_path / "ddp", tmp_path / "one", ["checkpoints/stage1.pt", "final-1.pt", "final-2.pt"])
     ddp_summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
     for key in ("val_acc", "test_acc", "ensemble_val_acc", "ensemble_test_acc"):
         assert ddp_summary[key] == one_summary[key], key
     # rows matched one to one above, so rank 1 wrote none; no temporary files were left behind
     assert not list((tmp_path / "ddp").rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_two_process_run_killed_with_sigkill_resumes_to_the_same_result(teacher, tmp_path):
+    distill = ["--method", "fsp", "--teacher", str(teacher), "--model", "resnet8", "--stage1-iterations", "4",
+               "--stage1-lr", "1e-3", "--iterations", "60", "--lr", "0.05", *TINY]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(torchrun("distill", "--quiet", "--out", str(killed), *distill), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            metrics = killed / "metrics.csv"
+            if metrics.exists() and metrics.read_text().count(",stage2,") >= 2:  # a stage-2 checkpoint exists
+                break
+            time.sleep(0.01)
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+    finally:
+        process.wait(timeout=60)
+    assert not (killed / "summary.json").exists(), "the run ended before the kill: make it longer"
+    assert load_checkpoint(killed / "checkpoints" / "last.pt")["position"][1] == 1  # killed in stage 2
+
+    done = subprocess.run(torchrun("distill", "--quiet", "--resume", "--out", str(killed)), env=subprocess_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["distill", "--quiet", "--micro-batches", "2", "--out", str(tmp_path / "one"), *distill]) == 0
+    assert_same_run(killed, tmp_path / "one", ["checkpoints/stage1.pt", "final.pt"])

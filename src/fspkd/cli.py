@@ -57,12 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except FspkdError as err:
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one message
+        if _is_rank_zero():  # under torchrun every rank fails alike: one message
             print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fspkd: interrupted; continue with --resume", file=sys.stderr)
         return 130
+
+
+def _is_rank_zero() -> bool:
+    """True outside torchrun and in its global rank 0: the process that speaks for the run."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def one_line(message: str) -> str:
@@ -212,7 +217,7 @@ def _run(args, config: RunConfig) -> int:
     if args.resume and not _names_settings(args):
         config = None  # continue with the run's saved config.yaml
     summary = train(config, args.out, resume=args.resume, progress=not args.quiet, device=args.device)
-    if not args.quiet:
+    if not args.quiet and _is_rank_zero():
         shown = {k: summary.get(k) for k in ("val_acc", "test_acc", "ensemble_val_acc", "ensemble_test_acc")}
         print(json.dumps({k: round(v, 2) for k, v in shown.items() if v is not None}))
     return 0
