@@ -281,16 +281,19 @@ class Run:
         pieces = self.config.micro_batches
         progress = iteration / max(schedule.iterations - 1, 1)
         outputs = []
-        statistics = RunningStatsMean(self.student)
+        statistics = RunningStatsMean(self.student) if pieces > 1 else None  # one piece: nothing to average
         for index, (x, y) in enumerate(zip(images.chunk(pieces), labels.chunk(pieces))):
-            statistics.restore()
+            if statistics:
+                statistics.restore()
             with self._no_sync(last=index == pieces - 1), self._autocast():
                 output = self.method.step(stage, x, y, progress)
-            statistics.add()
+            if statistics:
+                statistics.add()
             self._check_finite(output, stage, iteration)
             scaler.scale(output["loss"] / pieces).backward()
             outputs.append(output)
-        statistics.finish()
+        if statistics:
+            statistics.finish()
         self._average_gradients(stage)
         distributed.average_float_buffers(self.student, self.ctx)
         return _mean_output(outputs)
