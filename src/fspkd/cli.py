@@ -43,6 +43,8 @@ DISTILL_FLAGS = {
     "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
     "--fitnet-hints": ("fitnet_hints", int, "1 hint in the middle (default) or 3, one per section"),
+    "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
+    "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
 PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
                 "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(append ':input' for a module's input)", default=argparse.SUPPRESS)
     distill.add_argument("--teacher-fsp-pairs", help="the teacher's pairs when its module names differ",
                          default=argparse.SUPPRESS)
+    distill.add_argument("--stored-fsp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="stage 1 reads the teacher's FSP matrices from a store built once (in the data cache) "
+                         "instead of running the teacher")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -137,7 +142,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last"):
+    for flag in ("augment", "flip", "channels_last", "stored_fsp"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):

@@ -58,6 +58,9 @@ class Method:
     def begin_stage(self, stage: str) -> None:
         """Called before the first step of ``stage`` (also when resuming into it)."""
 
+    def bind_loader(self, stage: str, loader) -> None:
+        """Called with the training loader of ``stage`` before its first batch (stored FSP targets use it)."""
+
     def end_stage(self, stage: str) -> None:
         """Called after the last step of ``stage``."""
 
