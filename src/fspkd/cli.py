@@ -1,4 +1,4 @@
-"""The ``fspkd`` command line: train, distill, eval, demo, reproduce, bench."""
+"""The ``fspkd`` command line: train, distill, eval, demo, models, bench."""
 
 from __future__ import annotations
 
@@ -103,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (default 1)")
     demo.set_defaults(handler=_demo)
+    bench = sub.add_parser("bench", help="speed: plain step vs stage 1 (live teacher, stored FSP), FSP loss, "
+                           "data path vs a per-image Pillow pipeline, peak memory; prints a table")
+    bench.add_argument("--json", help="also write the results and ratios to this file")
+    bench.add_argument("--pairs", default="resnet26:resnet26,resnet56:resnet20",
+                       help="teacher:student pairs, comma-separated (default resnet26:resnet26,resnet56:resnet20)")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
+    bench.add_argument("--steps", type=int, default=3, help="steps per case in each repeat (default 3)")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
+    bench.add_argument("--channels-last", action="store_true", help="networks and batches in channels-last")
+    bench.add_argument("--compile", action="store_true", help="torch.compile the live teacher")
+    bench.add_argument("--device", default="cpu")
+    bench.set_defaults(handler=_bench)
     models = sub.add_parser("models", help="list the model names")
     models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
     return parser
@@ -245,6 +258,32 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(Path(args.out), scale=args.scale)
+    return 0
+
+
+def _bench(args) -> int:
+    import torch
+
+    from .bench import format_table, run_bench
+
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
+        raise FspkdError(f"--pairs expects 'teacher:student,teacher:student', got {args.pairs!r}")
+    unknown = sorted({name for pair in pairs for name in pair} - set(_list_models()))
+    if unknown:
+        raise FspkdError(f"--pairs: unknown model {unknown[0]!r}; see 'fspkd models'")
+    for flag in ("batch_size", "repeats", "steps", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise FspkdError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
+                        channels_last=args.channels_last, compile_teacher=args.compile, device=args.device,
+                        log=lambda text: print(text, file=sys.stderr))
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
 
 
