@@ -153,8 +153,8 @@ def _fill_targets(path: Path, teacher_fn: TeacherFn, loader, views: FixedViews, 
                 flat = torch.cat([g.reshape(len(indices), -1) for g in teacher_fn(batch)], dim=1)
             values = flat.cpu().numpy().astype(DTYPES[dtype])
             if not np.isfinite(values).all():
-                raise FspkdError(f"teacher FSP values of images {start}..{start + len(indices) - 1} do not fit "
-                                 f"{dtype}; store them as float32")
+                raise FspkdError(f"{path}: teacher FSP values of images {start}..{start + len(indices) - 1} "
+                                 f"(view {view}) do not fit {dtype}; store them as float32 (--stored-fsp-dtype)")
             targets[start:start + len(indices), view] = values
     targets.flush()
     del targets
