@@ -40,7 +40,7 @@ BATCHES = 4  # distinct batches cycled through by the step cases
 DATA_BATCHES = 100  # batches per epoch in the data-path case (whole-epoch augmentation is amortised over them)
 
 
-def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 5, steps: int = 3,
+def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, steps: int = 1,
               channels_last: bool = False, compile_teacher: bool = False, device: str = "cpu",
               log: Callable[[str], None] = print) -> dict:
     """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios."""
@@ -69,25 +69,24 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 5, s
 
 def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_size: int, repeats: int,
                steps: int, channels_last: bool, compile_teacher: bool, device: torch.device) -> dict:
-    teacher = _network(teacher_name, 1, channels_last, device)
-    student = _network(student_name, 2, channels_last, device)
+    teacher = _network(teacher_name, 1, device)
+    student = _network(student_name, 2, device)
     config = RunConfig(method="fsp", model=student_name)
     plain = Method(copy.deepcopy(student), None, config)
     live = FSP(copy.deepcopy(student), teacher, config)
     stored = FSP(copy.deepcopy(student), teacher, config)
-    loader = BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True,
-                         channels_last=channels_last)
+    loader = BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True)
     with tempfile.TemporaryDirectory() as folder:
         targets = stored_targets(teacher, stored.live_teacher_matrices, stored.teacher_pairs, loader,
                                  views=2, dtype="float32", folder=folder)  # random-init teachers overflow fp16
         batches = [(x.to(device), y.to(device), loader.last_batch_keys) for x, y in _take(loader, BATCHES)]
         keys = _KeyHolder()
         stored.stored_targets = StoredTargets(targets.store, keys)
-        if compile_teacher:
-            live.teacher = torch.compile(teacher)
         cases = {"plain": _stepper(plain, "train", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
+        variants, extra = _variants(student, teacher, config, batches, keys, channels_last, compile_teacher)
+        cases.update(variants)
         cases.update(_fsp_cases(live, batches[0][0]))
         ms, peak_mb = _measure(cases, repeats, steps)
     for method in (plain, live, stored):
@@ -95,13 +94,36 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     ratios = {"stage1_live_over_plain": ms["stage1_live"] / ms["plain"],
               "stage1_stored_over_plain": ms["stage1_stored"] / ms["plain"],
               "fsp_speedup_over_naive": ms["fsp_naive"] / ms["fsp_ours"]}
-    return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios}
+    if channels_last:
+        ratios["channels_last_plain_speedup"] = ms["plain"] / ms["plain_channels_last"]
+        ratios["channels_last_live_speedup"] = ms["stage1_live"] / ms["stage1_live_channels_last"]
+    if compile_teacher:
+        ratios["compiled_teacher_live_speedup"] = ms["stage1_live"] / ms["stage1_live_compiled"]
+    return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, **extra}
 
 
-def _network(name: str, seed: int, channels_last: bool, device: torch.device) -> torch.nn.Module:
+def _variants(student, teacher, config, batches, keys, channels_last: bool, compile_teacher: bool):
+    """Optional side-by-side cases: channels-last networks and batches; a ``torch.compile``d live teacher."""
+    cases, extra = {}, {}
+    if channels_last:
+        to_cl = lambda net: copy.deepcopy(net).to(memory_format=torch.channels_last)  # noqa: E731
+        cl_batches = [(x.contiguous(memory_format=torch.channels_last), y, k) for x, y, k in batches]
+        cases["plain_channels_last"] = _stepper(Method(to_cl(student), None, config), "train", cl_batches, keys)
+        cl_live = FSP(to_cl(student), to_cl(teacher), config)
+        cases["stage1_live_channels_last"] = _stepper(cl_live, "stage1", cl_batches, keys)
+    if compile_teacher:
+        compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), config)
+        eager = [g.clone() for g in compiled.live_teacher_matrices(batches[0][0])]
+        compiled.teacher = torch.compile(compiled.teacher)  # the taps stay on the original modules
+        same = compiled.live_teacher_matrices(batches[0][0])
+        extra["compiled_teacher_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(eager, same))
+        cases["stage1_live_compiled"] = _stepper(compiled, "stage1", batches, keys)
+    return cases, extra
+
+
+def _network(name: str, seed: int, device: torch.device) -> torch.nn.Module:
     torch.manual_seed(seed)
-    net = create(name, num_classes=10).to(device)
-    return net.to(memory_format=torch.channels_last) if channels_last else net
+    return create(name, num_classes=10).to(device)
 
 
 class _KeyHolder:
@@ -272,7 +294,7 @@ def _status_kb(field: str) -> int:
 
 def format_table(results: dict) -> str:
     """Fixed-column table: one row per case and pair, then the ratios."""
-    lines = [f"{'case':<34}{'ms':>10}{'x plain':>9}{'peak MB':>9}"]
+    lines = [f"{'case':<42}{'ms':>10}{'x plain':>9}{'peak MB':>9}"]
     data = results["data"]
     for name in ("batch_loader", "per_image_pil"):
         lines.append(_row(f"data/{name} (per batch)", data["ms"][name], None, data["peak_mb"][name]))
@@ -281,6 +303,8 @@ def format_table(results: dict) -> str:
             continue
         for name, value in pair["ms"].items():
             relative = value / pair["ms"]["plain"] if not name.startswith("fsp_") else None
+            if name.endswith("channels_last") and "plain_channels_last" in pair["ms"]:
+                relative = value / pair["ms"]["plain_channels_last"]
             lines.append(_row(f"{key} {name}", value, relative, pair["peak_mb"][name]))
         lines += [f"  {name} = {value:.3f}" for name, value in pair["ratios"].items()]
     return "\n".join(lines)
@@ -289,4 +313,4 @@ def format_table(results: dict) -> str:
 def _row(name, ms, relative, peak) -> str:
     relative_text = f"{relative:9.2f}" if relative is not None else " " * 9
     peak_text = f"{peak:9.1f}" if peak is not None else f"{'n/a':>9}"
-    return f"{name:<34}{ms:10.2f}{relative_text}{peak_text}"
+    return f"{name:<42}{ms:10.2f}{relative_text}{peak_text}"

@@ -109,11 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pairs", default="resnet26:resnet26,resnet56:resnet20",
                        help="teacher:student pairs, comma-separated (default resnet26:resnet26,resnet56:resnet20)")
     bench.add_argument("--batch-size", type=int, default=128)
-    bench.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
-    bench.add_argument("--steps", type=int, default=3, help="steps per case in each repeat (default 3)")
+    bench.add_argument("--repeats", type=int, default=10, help="timed repeats after one warm-up (median reported)")
+    bench.add_argument("--steps", type=int, default=1, help="steps per case in each repeat (default 1)")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
-    bench.add_argument("--channels-last", action="store_true", help="networks and batches in channels-last")
-    bench.add_argument("--compile", action="store_true", help="torch.compile the live teacher")
+    bench.add_argument("--channels-last", action="store_true",
+                       help="also time plain and live stage 1 with channels-last networks and batches")
+    bench.add_argument("--compile", action="store_true", help="also time live stage 1 with a torch.compile'd teacher")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(handler=_bench)
     models = sub.add_parser("models", help="list the model names")
