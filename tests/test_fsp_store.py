@@ -147,3 +147,21 @@ def test_an_fsp_run_with_stored_targets_trains_stage1_and_stage2(tmp_path, monke
     summary = train(config, tmp_path / "student", progress=False)
     assert summary["stages"]["stage1"]["iterations"] == 8
     assert len(list((tmp_path / "cache" / "fsp-targets").glob("*.views.npy"))) == 1
+
+
+def _rank_reads_store(rank, folder, init_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        method, loader = make_method(), make_loader(make_images())
+        targets = bind(method, loader, folder)
+        images, _ = next(iter(loader))
+        for g_stored, g_live in zip(targets(images), method.live_teacher_matrices(images)):
+            torch.testing.assert_close(g_stored, g_live, rtol=0, atol=0)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_processes_share_one_store_built_once(tmp_path):
+    torch.multiprocessing.spawn(_rank_reads_store, args=(tmp_path / "store", tmp_path / "init"), nprocs=2)
+    assert len(store_files(tmp_path / "store")) == 1
+    assert not list((tmp_path / "store").glob("*.tmp"))
