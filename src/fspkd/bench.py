@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,20 +43,21 @@ DATA_BATCHES = 100  # batches per epoch in the data-path case (whole-epoch augme
 
 def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, steps: int = 1,
               channels_last: bool = False, compile_teacher: bool = False, device: str = "cpu",
-              log: Callable[[str], None] = print) -> dict:
+              thread_counts: Sequence[int] = (), log: Callable[[str], None] = print) -> dict:
     """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (BATCHES * batch_size, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(len(images)) % 10
     results = {"settings": {"batch_size": batch_size, "repeats": repeats, "steps_per_repeat": steps,
                             "channels_last": channels_last, "compile_teacher": compile_teacher,
-                            "device": device, "threads": torch.get_num_threads()},
+                            "device": device, "threads": torch.get_num_threads(),
+                            "load_average": _load_average()},
                "data": bench_data(batch_size, repeats, log)}
     for teacher_name, student_name in pairs:
         log(f"timing {teacher_name} -> {student_name} ...")
         pair = bench_pair(teacher_name, student_name, images, labels, batch_size=batch_size, repeats=repeats,
                           steps=steps, channels_last=channels_last, compile_teacher=compile_teacher,
-                          device=torch.device(device))
+                          device=torch.device(device), thread_counts=thread_counts)
         data_ms = results["data"]["ms"]["batch_loader"]
         pair["ratios"].update(
             data_speedup_over_per_image=results["data"]["ms"]["per_image_pil"] / data_ms,
@@ -68,7 +70,8 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
 # ---- training steps ------------------------------------------------------------------------------------------
 
 def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_size: int, repeats: int,
-               steps: int, channels_last: bool, compile_teacher: bool, device: torch.device) -> dict:
+               steps: int, channels_last: bool, compile_teacher: bool, device: torch.device,
+               thread_counts: Sequence[int] = ()) -> dict:
     teacher = _network(teacher_name, 1, device)
     student = _network(student_name, 2, device)
     config = RunConfig(method="fsp", model=student_name)
@@ -87,6 +90,8 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
         variants, extra = _variants(student, teacher, config, batches, keys, channels_last, compile_teacher)
         cases.update(variants)
+        for count in thread_counts:  # the plain step again with another intra-op thread count
+            cases[f"plain_threads_{count}"] = _with_threads(count, cases["plain"])
         cases.update(_fsp_cases(live, batches[0][0]))
         ms, peak_mb = _measure(cases, repeats, steps)
     for method in (plain, live, stored):
@@ -100,6 +105,24 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     if compile_teacher:
         ratios["compiled_teacher_live_speedup"] = ms["stage1_live"] / ms["stage1_live_compiled"]
     return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, **extra}
+
+
+def _with_threads(count: int, case: Callable[[int], None]) -> Callable[[int], None]:
+    def run(i: int) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(count)
+        try:
+            case(i)
+        finally:
+            torch.set_num_threads(before)
+    return run
+
+
+def _load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 def _variants(student, teacher, config, batches, keys, channels_last: bool, compile_teacher: bool):

@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--channels-last", action="store_true",
                        help="also time plain and live stage 1 with channels-last networks and batches")
     bench.add_argument("--compile", action="store_true", help="also time live stage 1 with a torch.compile'd teacher")
+    bench.add_argument("--compare-threads", default="",
+                       help="also time the plain step with these intra-op thread counts, e.g. 1,2")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(handler=_bench)
     models = sub.add_parser("models", help="list the model names")
@@ -281,11 +283,22 @@ def _bench(args) -> int:
         torch.set_num_threads(args.threads)
     results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
                         channels_last=args.channels_last, compile_teacher=args.compile, device=args.device,
+                        thread_counts=_thread_counts(args.compare_threads),
                         log=lambda text: print(text, file=sys.stderr))
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        counts = [0]
+    if any(c < 1 for c in counts):
+        raise FspkdError(f"--compare-threads expects positive integers such as '1,2', got {text!r}")
+    return counts
 
 
 def _list_models() -> list[str]:
