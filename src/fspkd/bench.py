@@ -88,7 +88,8 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
         cases = {"plain": _stepper(plain, "train", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
-        variants, extra = _variants(student, teacher, config, batches, keys, channels_last, compile_teacher)
+        variants, extra = _variants(student, teacher, config, batches, keys, stored.stored_targets,
+                                    channels_last, compile_teacher)
         cases.update(variants)
         for count in thread_counts:  # the plain step again with another intra-op thread count
             cases[f"plain_threads_{count}"] = _with_threads(count, cases["plain"])
@@ -102,6 +103,10 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     if channels_last:
         ratios["channels_last_plain_speedup"] = ms["plain"] / ms["plain_channels_last"]
         ratios["channels_last_live_speedup"] = ms["stage1_live"] / ms["stage1_live_channels_last"]
+        ratios["channels_last_stored_speedup"] = ms["stage1_stored"] / ms["stage1_stored_channels_last"]
+        ratios["stage1_live_over_plain_channels_last"] = ms["stage1_live_channels_last"] / ms["plain_channels_last"]
+        ratios["stage1_stored_over_plain_channels_last"] = (ms["stage1_stored_channels_last"]
+                                                            / ms["plain_channels_last"])
     if compile_teacher:
         ratios["compiled_teacher_live_speedup"] = ms["stage1_live"] / ms["stage1_live_compiled"]
     return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, **extra}
@@ -125,7 +130,8 @@ def _load_average() -> float | None:
         return None
 
 
-def _variants(student, teacher, config, batches, keys, channels_last: bool, compile_teacher: bool):
+def _variants(student, teacher, config, batches, keys, store_targets, channels_last: bool,
+              compile_teacher: bool):
     """Optional side-by-side cases: channels-last networks and batches; a ``torch.compile``d live teacher."""
     cases, extra = {}, {}
     if channels_last:
@@ -134,6 +140,9 @@ def _variants(student, teacher, config, batches, keys, channels_last: bool, comp
         cases["plain_channels_last"] = _stepper(Method(to_cl(student), None, config), "train", cl_batches, keys)
         cl_live = FSP(to_cl(student), to_cl(teacher), config)
         cases["stage1_live_channels_last"] = _stepper(cl_live, "stage1", cl_batches, keys)
+        cl_stored = FSP(to_cl(student), teacher, config)
+        cl_stored.stored_targets = store_targets
+        cases["stage1_stored_channels_last"] = _stepper(cl_stored, "stage1", cl_batches, keys)
     if compile_teacher:
         compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), config)
         eager = [g.clone() for g in compiled.live_teacher_matrices(batches[0][0])]
