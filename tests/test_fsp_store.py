@@ -165,3 +165,11 @@ def test_two_processes_share_one_store_built_once(tmp_path):
     torch.multiprocessing.spawn(_rank_reads_store, args=(tmp_path / "store", tmp_path / "init"), nprocs=2)
     assert len(store_files(tmp_path / "store")) == 1
     assert not list((tmp_path / "store").glob("*.tmp"))
+
+
+def test_a_compiled_teacher_gives_the_eager_teacher_s_matrices():
+    images = torch.randn(4, 3, 32, 32)
+    eager = make_method().live_teacher_matrices(images)
+    compiled = make_method(compile_teacher=True).live_teacher_matrices(images)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

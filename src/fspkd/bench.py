@@ -19,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -144,9 +145,8 @@ def _variants(student, teacher, config, batches, keys, store_targets, channels_l
         cl_stored.stored_targets = store_targets
         cases["stage1_stored_channels_last"] = _stepper(cl_stored, "stage1", cl_batches, keys)
     if compile_teacher:
-        compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), config)
-        eager = [g.clone() for g in compiled.live_teacher_matrices(batches[0][0])]
-        compiled.teacher = torch.compile(compiled.teacher)  # the taps stay on the original modules
+        eager = [g.clone() for g in FSP(copy.deepcopy(student), teacher, config).live_teacher_matrices(batches[0][0])]
+        compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), replace(config, compile_teacher=True))
         same = compiled.live_teacher_matrices(batches[0][0])
         extra["compiled_teacher_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(eager, same))
         cases["stage1_live_compiled"] = _stepper(compiled, "stage1", batches, keys)

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--stored-fsp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="stage 1 reads the teacher's FSP matrices from a store built once (in the data cache) "
                          "instead of running the teacher")
+    distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -158,7 +160,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last", "stored_fsp"):
+    for flag in ("augment", "flip", "channels_last", "stored_fsp", "compile_teacher"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):

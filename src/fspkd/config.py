@@ -77,6 +77,7 @@ class RunConfig:
     stored_fsp: bool = False  # compute the teacher's FSP once per image and view, reuse across runs
     stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
+    compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
     # Hinton KD (and FitNet's stage 2)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
