@@ -91,6 +91,7 @@ class FSP(Method):
 
     # -- stored teacher targets (fspkd.fsp_store): stage 1 without running the teacher --------------------
     def bind_loader(self, stage, loader):
+        """With ``stored_fsp``, stage 1 reads its targets from the store of this loader's data (built if new)."""
         if stage != "stage1" or not self.config.stored_fsp:
             self.stored_targets = None
             return
