@@ -148,7 +148,8 @@ def _variants(student, teacher, config, batches, keys, store_targets, channels_l
         eager = [g.clone() for g in FSP(copy.deepcopy(student), teacher, config).live_teacher_matrices(batches[0][0])]
         compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), replace(config, compile_teacher=True))
         same = compiled.live_teacher_matrices(batches[0][0])
-        extra["compiled_teacher_max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(eager, same))
+        extra["compiled_teacher_max_rel_diff"] = max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+                                                     for a, b in zip(eager, same))
         cases["stage1_live_compiled"] = _stepper(compiled, "stage1", batches, keys)
     return cases, extra
 
