@@ -73,6 +73,11 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
 def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_size: int, repeats: int,
                steps: int, channels_last: bool, compile_teacher: bool, device: torch.device,
                thread_counts: Sequence[int] = ()) -> dict:
+    """Time the step cases of one teacher/student pair on ``BATCHES`` pre-fetched batches.
+
+    The stored case reads float32 targets (freshly initialised deep teachers overflow float16); training runs
+    read float16 by default, which costs no more.
+    """
     teacher = _network(teacher_name, 1, device)
     student = _network(student_name, 2, device)
     config = RunConfig(method="fsp", model=student_name)
