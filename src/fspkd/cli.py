@@ -1,4 +1,4 @@
-"""The ``fspkd`` command line: train, distill, eval, demo, reproduce, bench."""
+"""The ``fspkd`` command line: train, distill, eval, demo, models, bench."""
 
 from __future__ import annotations
 
@@ -46,6 +46,8 @@ DISTILL_FLAGS = {
     "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
     "--fitnet-hints": ("fitnet_hints", int, "1 hint in the middle (default) or 3, one per section"),
+    "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
+    "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
 PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
                 "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
@@ -91,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(append ':input' for a module's input)", default=argparse.SUPPRESS)
     distill.add_argument("--teacher-fsp-pairs", help="the teacher's pairs when its module names differ",
                          default=argparse.SUPPRESS)
+    distill.add_argument("--stored-fsp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="stage 1 reads the teacher's FSP matrices from a store built once (in the data cache) "
+                         "instead of running the teacher")
+    distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -112,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (default 1)")
     demo.set_defaults(handler=_demo)
+    bench = sub.add_parser("bench", help="speed: plain step vs stage 1 (live teacher, stored FSP), FSP loss, "
+                           "data path vs a per-image Pillow pipeline, peak memory; prints a table")
+    bench.add_argument("--json", help="also write the results and ratios to this file")
+    bench.add_argument("--pairs", default="resnet26:resnet26,resnet56:resnet20",
+                       help="teacher:student pairs, comma-separated (default resnet26:resnet26,resnet56:resnet20)")
+    bench.add_argument("--batch-size", type=int, default=128)
+    bench.add_argument("--repeats", type=int, default=10, help="timed repeats after one warm-up (median reported)")
+    bench.add_argument("--steps", type=int, default=1, help="steps per case in each repeat (default 1)")
+    bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
+    bench.add_argument("--channels-last", action="store_true",
+                       help="also time plain and live stage 1 with channels-last networks and batches")
+    bench.add_argument("--compile", action="store_true", help="also time live stage 1 with a torch.compile'd teacher")
+    bench.add_argument("--compare-threads", default="",
+                       help="also time the plain step with these intra-op thread counts, e.g. 1,2")
+    bench.add_argument("--device", default="cpu")
+    bench.set_defaults(handler=_bench)
     models = sub.add_parser("models", help="list the model names")
     models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
     return parser
@@ -157,7 +180,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last", "sync_bn"):
+    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):
@@ -272,6 +295,43 @@ def _demo(args) -> int:
 
     run_demo(Path(args.out), scale=args.scale)
     return 0
+
+
+def _bench(args) -> int:
+    import torch
+
+    from .bench import format_table, run_bench
+
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
+    if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
+        raise FspkdError(f"--pairs expects 'teacher:student,teacher:student', got {args.pairs!r}")
+    unknown = sorted({name for pair in pairs for name in pair} - set(_list_models()))
+    if unknown:
+        raise FspkdError(f"--pairs: unknown model {unknown[0]!r}; see 'fspkd models'")
+    for flag in ("batch_size", "repeats", "steps", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise FspkdError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
+                        channels_last=args.channels_last, compile_teacher=args.compile, device=args.device,
+                        thread_counts=_thread_counts(args.compare_threads),
+                        log=lambda text: print(text, file=sys.stderr))
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        counts = [0]
+    if any(c < 1 for c in counts):
+        raise FspkdError(f"--compare-threads expects positive integers such as '1,2', got {text!r}")
+    return counts
 
 
 def _list_models() -> list[str]:

@@ -73,6 +73,11 @@ class RunConfig:
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
+    # stored teacher FSP (fspkd.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
+    stored_fsp: bool = False  # compute the teacher's FSP once per image and view, reuse across runs
+    stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
+    stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
+    compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
     # Hinton KD (and FitNet's stage 2)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
@@ -100,6 +105,9 @@ class RunConfig:
             raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
         if self.fitnet_hints not in (1, 3):
             raise FspkdError(f"fitnet_hints must be 1 or 3, got {self.fitnet_hints}")
+        if self.stored_fsp_views < 1 or self.stored_fsp_dtype not in ("float16", "float32"):
+            raise FspkdError(f"stored_fsp_views must be >= 1 and stored_fsp_dtype float16 or float32, got "
+                             f"{self.stored_fsp_views} and {self.stored_fsp_dtype!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise FspkdError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         return self

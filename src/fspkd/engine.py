@@ -237,6 +237,7 @@ class Run:
             optimizer.load_state_dict(saved["optimizer"])
             loader.load_state_dict(saved["loader"])
             torch.set_rng_state(saved["rng"])
+        self.method.bind_loader(stage, loader)
         self._wrap_student(stage)
         scaler = torch.amp.GradScaler(enabled=self.config.precision == "fp16" and self.ctx.device.type == "cuda")
         batches = iter(loader)

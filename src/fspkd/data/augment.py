@@ -56,3 +56,41 @@ def flip_where(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if len(chosen):
         images[chosen] = images[chosen].flip(-1)
     return images
+
+
+class FixedViews:
+    """A fixed set of `count` augmented views per image: crop offsets (oy, ox) and a flip flag, each (N, count).
+
+    Stored teacher FSP targets (``fspkd.fsp_store``) exist for these views only, so a loader that uses them
+    crops and flips each image as one of its views instead of drawing fresh parameters.
+    """
+
+    def __init__(self, offset_y: torch.Tensor, offset_x: torch.Tensor, flips: torch.Tensor, pad: int):
+        if not offset_y.shape == offset_x.shape == flips.shape or offset_y.dim() != 2:
+            raise ValueError("FixedViews needs offset_y, offset_x and flips of one shape (N, views)")
+        self.offset_y, self.offset_x, self.flips, self.pad = offset_y.long(), offset_x.long(), flips.bool(), pad
+
+    @property
+    def count(self) -> int:
+        """Views per image."""
+        return self.offset_y.shape[1]
+
+    @classmethod
+    def draw(cls, num_images: int, count: int, pad: int, flip: bool, seed: int) -> "FixedViews":
+        """`count` random views per image from a generator seeded by `seed` (flips only if `flip`)."""
+        generator = torch.Generator().manual_seed(seed)
+        offset_y = torch.randint(0, 2 * pad + 1, (num_images, count), generator=generator)
+        offset_x = torch.randint(0, 2 * pad + 1, (num_images, count), generator=generator)
+        flips = torch.rand(num_images, count, generator=generator) < 0.5
+        return cls(offset_y, offset_x, flips & flip, pad)
+
+    @classmethod
+    def identity(cls, num_images: int, pad: int) -> "FixedViews":
+        """One view per image: the image itself (no augmentation)."""
+        centre = torch.full((num_images, 1), pad, dtype=torch.int64)
+        return cls(centre, centre.clone(), torch.zeros(num_images, 1, dtype=torch.bool), pad)
+
+    def render(self, images: torch.Tensor, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """uint8 crops of images[indices[j]] as view views[j] (shape (len(indices), C, H, W))."""
+        out = shifted_crops(images, indices, self.offset_y[indices, views], self.offset_x[indices, views], self.pad)
+        return flip_where(out, self.flips[indices, views])

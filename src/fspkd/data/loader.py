@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from fspkd.data.augment import flip_where, random_flips, random_offsets, shifted_crops
+from fspkd.data.augment import FixedViews, flip_where, random_flips, random_offsets, shifted_crops
 from fspkd.errors import FspkdError
 
 
@@ -26,6 +26,10 @@ class BatchLoader:
     world_size. In evaluation the last partial batch is split as evenly as possible, so ranks' last batches
     may differ in size by one and a rank whose share is empty gets one batch fewer than the others.
     Normalisation is (x / 255 - mean) / std per channel, folded into one multiply-add.
+
+    With `use_views(views)` (stored teacher FSP targets), training crops and flips each sample as one of its
+    fixed views, chosen uniformly per sample and epoch, and `last_batch_keys` tells which (images, views) the
+    latest batch holds.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
@@ -44,7 +48,9 @@ class BatchLoader:
         self.channels_last = channels_last
         self._scale, self._shift = _affine_normalisation(mean, std, images.shape[1])
         self._epoch, self._batch = 0, 0
-        self._prepared_epoch: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._prepared_epoch: tuple | None = None
+        self.views: FixedViews | None = None
+        self.last_batch_keys: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ---- public API ----
 
@@ -72,6 +78,17 @@ class BatchLoader:
             raise FspkdError(f"loader state {state!r}: batch must lie in [0, {len(self)}] and epoch be >= 0")
         self._epoch, self._batch = epoch, batch
 
+    def use_views(self, views: FixedViews) -> None:
+        """Train on these fixed views (one per image and row of `views`) instead of fresh random crops."""
+        if views.offset_y.shape[0] != len(self.labels) or views.pad != self.pad:
+            raise FspkdError(f"views for {views.offset_y.shape[0]} images with pad {views.pad}: this loader has "
+                             f"{len(self.labels)} images and pad {self.pad}")
+        self.views, self._prepared_epoch = views, None
+
+    def normalise(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 network input from a uint8 batch: this loader's normalisation (and memory format)."""
+        return self._normalise(batch)
+
     # ---- training ----
 
     def _train_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,16 +96,30 @@ class BatchLoader:
         while True:
             if self._batch >= batches_per_epoch:
                 self._epoch, self._batch = self._epoch + 1, 0
-            epoch_images, epoch_labels = self._epoch_tensors(self._epoch)
+            epoch_images, epoch_labels, keys = self._epoch_tensors(self._epoch)
             rows = slice(self._batch * self.local_batch_size, (self._batch + 1) * self.local_batch_size)
             self._batch += 1
+            self.last_batch_keys = (keys[0][rows], keys[1][rows]) if keys is not None else None
             yield self._normalise(epoch_images[rows]), epoch_labels[rows]
 
-    def _epoch_tensors(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's images (augmented) and labels for the whole of `epoch`, in batch order."""
+    def _epoch_tensors(self, epoch: int) -> tuple:
+        """This rank's images (augmented), labels and view keys (or None) for the whole of `epoch`."""
         if self._prepared_epoch is None or self._prepared_epoch[0] != epoch:
-            self._prepared_epoch = (epoch, *self._prepare_epoch(epoch))
-        return self._prepared_epoch[1], self._prepared_epoch[2]
+            if self.views is None:
+                self._prepared_epoch = (epoch, *self._prepare_epoch(epoch), None)
+            else:
+                self._prepared_epoch = (epoch, *self._prepare_view_epoch(epoch))
+        return self._prepared_epoch[1:]
+
+    def _prepare_view_epoch(self, epoch: int) -> tuple:
+        """Like `_prepare_epoch`, each sample rendered as a view drawn uniformly from its fixed views."""
+        count = len(self.labels)
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(count, generator=generator)
+        chosen = torch.randint(0, self.views.count, (count,), generator=generator)
+        positions = self._rank_positions(len(self))
+        indices, views = order[positions], chosen[positions]
+        return self.views.render(self.images, indices, views), self.labels[indices], (indices, views)
 
     def _prepare_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         count = len(self.labels)

@@ -44,6 +44,9 @@ class FSP(Method):
         self.student_taps = FeatureTaps(student, _unique(self.student_pairs))
         self.teacher_taps = FeatureTaps(teacher, _unique(self.teacher_pairs))
         self.shuffle: ChannelShuffle | None = None
+        self.stored_targets = None  # stage-1 target provider (fspkd.fsp_store) when config.stored_fsp
+        # live teacher forward; torch.compile'd on request (measured 1.1-1.2x faster live stage-1 steps on CPU)
+        self.teacher_forward = torch.compile(teacher) if config.compile_teacher else teacher
 
     def check(self, example):
         """Compare FSP matrix shapes pair by pair and build the shuffle once the channel counts are known."""
@@ -75,17 +78,43 @@ class FSP(Method):
         self.student_forward(images)
         return _matrices(self.student_taps, self.student_pairs)
 
-    @torch.inference_mode()
     def teacher_matrices(self, images):
-        self.teacher(images)
+        """The targets of ``images``: the live teacher's FSP matrices, channel-shuffled if configured."""
+        matrices = self.live_teacher_matrices(images)
+        return self.shuffle(matrices) if self.shuffle is not None else matrices
+
+    @torch.inference_mode()
+    def live_teacher_matrices(self, images):
+        """The teacher's own FSP matrices: one forward pass, no graph."""
+        self.teacher_forward(images)
         matrices = _matrices(self.teacher_taps, self.teacher_pairs)
+        self.teacher_taps.clear()
+        return matrices
+
+    # -- stored teacher targets (fspkd.fsp_store): stage 1 without running the teacher --------------------
+    def bind_loader(self, stage, loader):
+        """With ``stored_fsp``, stage 1 reads its targets from the store of this loader's data (built if new)."""
+        if stage != "stage1" or not self.config.stored_fsp:
+            self.stored_targets = None
+            return
+        from ..fsp_store import stored_targets
+
+        self.stored_targets = stored_targets(
+            self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
+            views=self.config.stored_fsp_views, dtype=self.config.stored_fsp_dtype,
+        )
+
+    def _targets(self, images):
+        if self.stored_targets is None:
+            return [g.clone() for g in self.teacher_matrices(images)]  # out of inference mode for autograd
+        matrices = self.stored_targets(images)
         return self.shuffle(matrices) if self.shuffle is not None else matrices
 
     def step(self, stage, images, labels, progress):
         if stage == "stage2":
             return super().step(stage, images, labels, progress)
         student_g = self.student_matrices(images)
-        teacher_g = [g.clone() for g in self.teacher_matrices(images)]  # out of inference mode for autograd
+        teacher_g = self._targets(images)
         loss = fsp_loss(student_g, teacher_g, self.config.fsp_lambda)
         return {"loss": loss, "logits": None, "parts": {"fsp_loss": loss}}
 

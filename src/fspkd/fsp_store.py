@@ -1,0 +1,195 @@
+"""Stored teacher FSP targets: the teacher's FSP matrices computed once, so stage 1 runs no teacher at all.
+
+How augmentation and stored targets go together: each training image gets a fixed set of ``views`` augmented
+views (a pad-4 crop offset and, with ``flip``, a flip flag), drawn once from a fixed seed (``VIEW_SEED``, not
+the run's seed, so one store serves every run). The store holds the teacher's FSP matrices of every image in
+every view; in stage 1 the loader renders each sample as one of its views, chosen uniformly afresh every epoch
+(from the run's epoch generator), and the method reads that view's matrices. The targets are therefore exactly
+the live teacher's for the image the student sees; what the store costs is augmentation variety: ``views``
+crops per image instead of 81 (or 162 with flips). Per-epoch storage (the exact crops of epochs 0..E-1) would
+have tied the store to one seed and batch order; views keep it reusable across students, seeds and batch sizes.
+Without augmentation there is one view, the image itself, and nothing is lost.
+
+On disk (``<cache>/fsp-targets/<key>.*``, ``$FSPKD_CACHE`` or ~/.cache/fspkd): ``.npy`` holds the matrices as
+one (N, views, D) array, every pair's m*n entries side by side, read memory-mapped (so several processes share
+one copy in the page cache); ``.views.npy`` the views (N, views, 3: oy, ox, flip); ``.json`` a description. The
+key hashes the teacher's weights and buffers, the training images, the tap pairs, the normalisation, the views
+and the storage dtype: changing any of them makes a new store. Files are written to a temporary name and
+renamed, the targets last, so a crash or a concurrent writer never leaves a store that looks complete. Under
+``torch.distributed`` rank 0 builds and the other ranks wait at a barrier, then all map the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .data.augment import FixedViews
+from .data.cache import default_cache_dir
+from .errors import FspkdError
+
+FORMAT_VERSION = 1
+VIEW_SEED = 20170721  # fixed, so that the store does not depend on the run's seed
+DTYPES = {"float16": np.float16, "float32": np.float32}
+BUILD_CHUNK = 500  # images per teacher forward pass while building
+
+TeacherFn = Callable[[torch.Tensor], Sequence[torch.Tensor]]  # normalised images -> one (B, m, n) per pair
+
+
+class FspStore:
+    """A built store, memory-mapped: ``matrices(indices, views)`` returns the teacher's FSP matrices."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.meta = json.loads(path.with_suffix(".json").read_text())
+            self.targets = np.load(path.with_suffix(".npy"), mmap_mode="r")
+            view_table = torch.from_numpy(np.load(path.with_suffix(".views.npy")).astype(np.int64))
+        except (OSError, ValueError) as err:
+            raise FspkdError(f"{path}: cannot read the stored FSP targets ({err}); delete the files to rebuild") from None
+        self.shapes = [tuple(s) for s in self.meta["shapes"]]
+        self.views = FixedViews(view_table[..., 0], view_table[..., 1], view_table[..., 2].bool(), self.meta["pad"])
+
+    def matrices(self, indices: torch.Tensor, views: torch.Tensor) -> list[torch.Tensor]:
+        """float32 (B, m, n) teacher FSP matrices, one per pair, of images ``indices`` seen as ``views``."""
+        rows = self.targets[indices.numpy(), views.numpy()]  # one gather from the mapped file
+        flat = torch.from_numpy(np.ascontiguousarray(rows)).float()
+        sizes = [m * n for m, n in self.shapes]
+        return [part.reshape(len(flat), m, n) for part, (m, n) in zip(flat.split(sizes, dim=1), self.shapes)]
+
+
+class StoredTargets:
+    """Stage-1 target provider: the stored teacher FSP of the batch the loader yielded last."""
+
+    def __init__(self, store: FspStore, loader):
+        self.store, self.loader = store, loader
+
+    def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
+        keys = self.loader.last_batch_keys
+        if keys is None or len(keys[0]) != len(images):
+            raise FspkdError("stored FSP targets: the batch does not come from the loader bound to the store")
+        return [g.to(images.device, non_blocking=True) for g in self.store.matrices(*keys)]
+
+
+def stored_targets(teacher: torch.nn.Module, teacher_fn: TeacherFn, pairs, loader, *, views: int = 4,
+                   dtype: str = "float16", folder: str | Path | None = None) -> StoredTargets:
+    """Open (building it first if needed) the store of ``teacher`` on ``loader``'s data and bind the loader to
+    its views. ``teacher_fn`` gives the unshuffled teacher FSP matrices of a normalised batch."""
+    if dtype not in DTYPES:
+        raise FspkdError(f"stored FSP dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if views < 1:
+        raise FspkdError(f"stored FSP views {views}: expected a positive number of views per image")
+    fixed = (FixedViews.draw(len(loader.images), views, loader.pad, loader.flip, VIEW_SEED) if loader.augment
+             else FixedViews.identity(len(loader.images), loader.pad))
+    key = store_key(teacher, pairs, loader, fixed, dtype)
+    path = Path(folder) if folder is not None else default_cache_dir() / "fsp-targets"
+    store = open_or_build(path / key, teacher_fn, loader, fixed, pairs, dtype)
+    loader.use_views(store.views)
+    return StoredTargets(store, loader)
+
+
+def store_key(teacher: torch.nn.Module, pairs, loader, views: FixedViews, dtype: str) -> str:
+    """Hex digest of everything the stored targets depend on (see the module docstring)."""
+    identity = {
+        "format": FORMAT_VERSION,
+        "teacher": [type(teacher).__name__, _state_digest(teacher)],
+        "data": [list(loader.images.shape), _tensor_digest(loader.images)],
+        "pairs": [list(p) for p in pairs],
+        "normalisation": [loader._scale.flatten().tolist(), loader._shift.flatten().tolist()],
+        "views": _tensor_digest(torch.stack([views.offset_y, views.offset_x, views.flips.long()], -1)),
+        "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def open_or_build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, dtype: str) -> FspStore:
+    """The store at ``stem``; built by one process (rank 0) while the others wait at a barrier."""
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if main and not stem.with_suffix(".npy").is_file():
+        build(stem, teacher_fn, loader, views, pairs, dtype)
+    if dist.is_initialized():
+        dist.barrier()
+    return FspStore(stem)
+
+
+def build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, dtype: str) -> None:
+    """Run the teacher over every image in every view and write the store's three files."""
+    started = time.perf_counter()
+    images = loader.images
+    with torch.inference_mode():
+        shapes = [tuple(g.shape[1:]) for g in teacher_fn(loader.normalise(images[:2].clone()))]
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FspkdError(f"{stem.parent}: cannot create the FSP target store folder ({err})") from None
+    table = torch.stack([views.offset_y, views.offset_x, views.flips.long()], -1).to(torch.int16).numpy()
+    _write_atomically(stem.with_suffix(".views.npy"), lambda path: _save_array(path, table))
+    meta = {"format": FORMAT_VERSION, "pairs": [list(p) for p in pairs], "shapes": shapes, "pad": views.pad,
+            "views": views.count, "images": len(images), "dtype": dtype}
+    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
+    width = sum(m * n for m, n in shapes)
+    _write_atomically(stem.with_suffix(".npy"),
+                      lambda path: _fill_targets(path, teacher_fn, loader, views, (len(images), views.count, width), dtype))
+    meta["build_s"] = round(time.perf_counter() - started, 1)
+    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
+
+
+def _fill_targets(path: Path, teacher_fn: TeacherFn, loader, views: FixedViews, shape, dtype: str) -> None:
+    targets = np.lib.format.open_memmap(path, mode="w+", dtype=DTYPES[dtype], shape=shape)
+    for view in range(views.count):
+        for start in range(0, shape[0], BUILD_CHUNK):
+            indices = torch.arange(start, min(start + BUILD_CHUNK, shape[0]))
+            batch = loader.normalise(views.render(loader.images, indices, torch.full_like(indices, view)))
+            with torch.inference_mode():
+                flat = torch.cat([g.reshape(len(indices), -1) for g in teacher_fn(batch)], dim=1)
+            values = flat.cpu().numpy().astype(DTYPES[dtype])
+            if not np.isfinite(values).all():
+                raise FspkdError(f"{path}: teacher FSP values of images {start}..{start + len(indices) - 1} "
+                                 f"(view {view}) do not fit {dtype}; store them as float32 (--stored-fsp-dtype)")
+            targets[start:start + len(indices), view] = values
+    targets.flush()
+    del targets
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as file:  # a file object: np.save would add ".npy" to a name
+        np.save(file, array)
+
+
+def _write_atomically(target: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, target)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise FspkdError(f"{target}: cannot write the FSP target store ({err})") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _state_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(_bytes(tensor))
+    return digest.hexdigest()
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(_bytes(tensor)).hexdigest()
+
+
+def _bytes(tensor: torch.Tensor) -> memoryview:
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
