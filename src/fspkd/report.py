@@ -72,3 +72,114 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# -- `fspkd reproduce`: the paper's tables beside ours ----------------------------------------------------------
+def plot_ensemble_gains(rows: Sequence[Mapping], path: str | Path, title: str = "") -> Path:
+    """Bar chart per row: mean single-net accuracy and ensemble accuracy, ours and the paper's in two panels."""
+    labels = [r["label"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True, sharey=False)
+    panels = [("ours", [r["avg"] for r in rows], [r["ensemble"] for r in rows]),
+              ("the paper", [r["paper"]["avg"] for r in rows], [r["paper"]["ensemble"] for r in rows])]
+    positions = range(len(rows))
+    for ax, (who, singles, ensembles) in zip(axes, panels):
+        ax.bar([p - 0.2 for p in positions], singles, width=0.4, label="mean of single nets")
+        ax.bar([p + 0.2 for p in positions], [e or 0.0 for e in ensembles], width=0.4, label="ensemble")
+        low = min(singles + [e for e in ensembles if e])
+        ax.set_ylim(max(0.0, low - 5), None)
+        ax.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(who)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_reproduction_report(results: Mapping, out: str | Path) -> Path:
+    """``report.md`` (and its figures) for the results of ``fspkd reproduce``; returns the report's path."""
+    out = Path(out)
+    figure_runs = {label: out / run for label, run in results["figure_runs"].items()}
+    plot_training_curves(figure_runs, out / "figure3.png", title=f"{results['title']} (scale {results['scale']:g})")
+    figures = ["![accuracy and task loss against iterations and wall time (the paper's Figure 3)](figure3.png)"]
+    if results["layout"] == "three":
+        plot_ensemble_gains(results["rows"], out / "ensembles.png", title="ensemble gains")
+        figures.append("![mean single-net and ensemble accuracy per row](ensembles.png)")
+    parts = [f"# {results['title']}", _scale_notice(results), _tables(results), _timing_section(results),
+             "## Figures", "\n\n".join(figures), _settings_section(results)]
+    path = out / "report.md"
+    path.write_text("\n\n".join(p for p in parts if p) + "\n")
+    return path
+
+
+def _scale_notice(results: Mapping) -> str:
+    overrides = results["overrides"]
+    changed = [f"`--scale {results['scale']:g}`"] if results["scale"] != 1 else []
+    changed += [f"`--set {k}={v}`" for k, v in overrides["settings"].items()]
+    changed += [f"`--model-override {k}={v}`" for k, v in overrides["models"].items()]
+    split = "validation split held out of the training set" if results["split"] == "val" else "test split"
+    lines = [f"Data: `{results['data']}`; our accuracies are on its **{split}** ({results['split']}_acc). "
+             f"The paper's: {results['paper_data']}."]
+    if changed:
+        lines.insert(0, f"**Not the paper's setting: this run used {', '.join(changed)}. Its numbers show the "
+                        "pipeline at this budget and are not the paper's claim.**")
+    return "\n\n".join(lines)
+
+
+def _tables(results: Mapping) -> str:
+    split = results["split"]
+    rows = results["rows"]
+    if results["layout"] == "single":
+        header = ["Row", f"ours: {split} acc (%)", "ours: #Iter", "ours: train hours", "paper: acc (%)"]
+        table = markdown_table(header, [[r["label"], r["nets"][0], _k(r["iterations"]), _hours(r["hours"]),
+                                         r["paper"]["acc"]] for r in rows])
+        return f"## Results\n\nOurs beside the paper's (separate columns; never mixed).\n\n{table}"
+    header = ["Row", "Net 1", "Net 2", "Net 3", "Avg", "Ensemble", "#Iter"]
+    ours = markdown_table(header, [[r["label"], *_three(r["nets"]), r["avg"], r["ensemble"], _k(r["iterations"])]
+                                   for r in rows])
+    paper = markdown_table(header, [[r["label"], *_three(r["paper"]["nets"]), r["paper"]["avg"],
+                                     r["paper"]["ensemble"], r["paper"]["iterations"]] for r in rows])
+    return (f"## Results\n\n### Ours ({split} accuracy, %)\n\n{ours}\n\n"
+            f"### The paper's (test accuracy, %; quoted from the paper, not measured here)\n\n{paper}")
+
+
+def _three(nets: Sequence) -> list:
+    return list(nets[:3]) + [None] * (3 - len(nets[:3]))
+
+
+def _k(iterations: int) -> str:
+    return f"{iterations / 1000:g}k" if iterations >= 1000 else str(iterations)
+
+
+def _hours(hours: float) -> str:
+    return f"{hours:.3g}"
+
+
+def _timing_section(results: Mapping) -> str:
+    timing, paper = results["timing"], results["paper_timing"]
+    stored = timing["stage1_stored_s_per_100_it"]
+    header = ["", "ours", "paper (one GPU)"]
+    table = markdown_table(header, [
+        ["normal training, s / 100 it", timing["normal_s_per_100_it"], paper.get("normal_s_per_100_it")],
+        ["stage 1, live teacher FSP, s / 100 it", timing["stage1_live_s_per_100_it"],
+         paper.get("stage1_live_s_per_100_it")],
+        ["stage 1, stored teacher FSP, s / 100 it", stored if stored is not None else timing["stage1_stored_note"],
+         paper.get("stage1_stored_s_per_100_it")],
+    ])
+    rows = markdown_table(["Row", "#Iter", "hours", "speed-up over the teacher row"],
+                          [[r["label"], _k(r["iterations"]), _hours(r["hours"]), r.get("speedup_over_teacher")]
+                           for r in results["rows"]])
+    note = paper.get("note", "")
+    return (f"## Time\n\nMeasured training time only (evaluation excluded), summed over each row's runs; "
+            f"a shared stage 1 is counted once.\n\n{table}\n\n{rows}" + (f"\n\nThe paper: {note}" if note else ""))
+
+
+def _settings_section(results: Mapping) -> str:
+    choices = "\n".join(f"- {c}" for c in results["choices"])
+    return (f"## Settings\n\nCommand: `{results['command']}` (at scale {results['scale']:g}). Each run's resolved "
+            f"settings are in its folder's `config.yaml`, its curves in `metrics.csv`, its numbers in "
+            f"`summary.json`; this table's numbers are in `results.json`.\n\nWhere the paper is silent:\n\n{choices}")

@@ -1,0 +1,185 @@
+"""``fspkd reproduce EXPERIMENT``: every run of one of the paper's tables, then its report.
+
+Each run of the recipe is a run folder under ``out`` driven by ``fspkd.engine.train(..., resume=True)``: a
+finished run is reused (its stored summary is read back), an interrupted one continues where it stopped. The
+table is then built from the runs' summaries (``results.json``) and written as ``report.md`` with figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import RunConfig
+from .data import load_dataset, parse_normalize
+from .engine import train
+from .errors import FspkdError
+from .inference import evaluate_checkpoints, load_network
+from .models import create
+from .recipes import EXTERNAL_TEACHER, Recipe, apply_overrides, load_recipe, scale_config
+from .report import write_reproduction_report
+
+STORED_FSP_NOTE = "not measured: the stored-teacher-FSP option does not exist yet"
+
+
+@dataclasses.dataclass
+class Options:
+    """What the command line changes in a recipe."""
+
+    data: str
+    scale: float = 1.0
+    val_split: float = 0.0
+    teacher: str | None = None  # the @teacher file (transfer: an ImageNet ResNet-34 state dict)
+    teacher_model: str | None = None  # its architecture, when not the recipe's
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # RunConfig keys for every run
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # model stand-ins, OLD -> NEW
+
+
+def reproduce(experiment: str, options: Options, out: str | Path, *, progress: bool = True,
+              device: str | None = None) -> dict:
+    """Run (or finish) every run of ``experiment`` under ``out``; write results.json and report.md there."""
+    recipe = load_recipe(experiment)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = run_configs(recipe, options, out)
+    summaries = {}
+    for name, config in configs.items():
+        if progress:
+            print(f"== {experiment}: {name} ({config.method} {config.model})", flush=True)
+        if name in recipe.new_head:
+            config = dataclasses.replace(config, teacher=str(_new_head_start(config, out, name)), teacher_model=None)
+        summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
+    results = collect_results(recipe, options, configs, summaries, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_reproduction_report(results, out)
+    if progress:
+        print(f"report: {out / 'report.md'}")
+    return results
+
+
+def run_configs(recipe: Recipe, options: Options, out: Path) -> dict[str, RunConfig]:
+    """The recipe's runs as they will run: data, scale and overrides applied, teachers resolved to files."""
+    if options.teacher is None and EXTERNAL_TEACHER in recipe.teacher_refs().values():
+        raise FspkdError(f"experiment {recipe.name} needs a teacher trained elsewhere: pass --teacher PATH")
+    configs = {}
+    for name, config in recipe.runs.items():
+        config = dataclasses.replace(config, data=options.data, val_split=options.val_split)
+        config = apply_overrides(scale_config(config, options.scale), options.settings, options.models)
+        if config.teacher == EXTERNAL_TEACHER:
+            model = options.teacher_model or config.teacher_model
+            config = dataclasses.replace(config, teacher=str(options.teacher), teacher_model=model)
+            config = apply_overrides(config, {}, options.models)
+        elif config.teacher:
+            ref = Path(config.teacher)
+            config = dataclasses.replace(config, teacher=str(out / (ref if ref.suffix else ref / "final.pt")))
+        configs[name] = config
+    return configs
+
+
+def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
+    """The teacher's weights with a freshly initialised classifier for this data (the start of fine-tuning)."""
+    path = out / "prepared" / f"{name}-start.pt"
+    if path.exists():
+        return path
+    splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed, image_size=config.image_size)
+    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, splits.num_classes)
+    torch.manual_seed(config.seed)
+    net = create(config.model, num_classes=splits.num_classes, **config.model_options)
+    ours, theirs = net.state_dict(), teacher.state_dict()
+    kept = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    fresh = [k for k in ours if k not in kept and not k.endswith("num_batches_tracked")]
+    if len(fresh) > 2:  # more than the classifier's weight and bias
+        raise FspkdError(f"{config.teacher}: {len(fresh)} tensors do not fit {config.model} (e.g. {fresh[:3]}); "
+                         "a new head can only replace the classifier")
+    net.load_state_dict({**ours, **kept})
+    mean, std = parse_normalize(config.normalize, splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"model": net.state_dict(), "model_name": config.model,
+                           "model_options": dict(config.model_options), "num_classes": splits.num_classes,
+                           "classes": list(splits.classes), "mean": list(map(float, mean)),
+                           "std": list(map(float, std))})
+    return path
+
+
+# -- results --------------------------------------------------------------------------------------------------
+def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConfig], summaries: dict,
+                    out: Path) -> dict:
+    """The table (ours and the paper's, apart), the time accounting and the run settings, as plain data."""
+    split = held_out_split(summaries)
+    rows = [_row_result(recipe, row, configs, summaries, split, out) for row in recipe.rows]
+    teacher_hours = rows[0]["hours"]
+    for row in rows[1:]:
+        row["speedup_over_teacher"] = teacher_hours / row["hours"] if row["hours"] else None
+    return {
+        "experiment": recipe.name,
+        "title": recipe.title,
+        "layout": recipe.layout,
+        "command": recipe.command,
+        "scale": options.scale,
+        "data": options.data,
+        "paper_data": recipe.paper_data,
+        "split": split,
+        "overrides": {"settings": options.settings, "models": options.models},
+        "teacher": options.teacher,
+        "choices": recipe.choices,
+        "rows": rows,
+        "timing": _timing(recipe, summaries),
+        "paper_timing": recipe.paper_timing,
+        "figure_runs": {row.label: row.runs[0] for row in recipe.rows},
+    }
+
+
+def held_out_split(summaries: dict) -> str:
+    """'test' when the data has a test split, else 'val'; an error when it has neither."""
+    first = next(iter(summaries.values()))
+    if first.get("test_acc") is not None:
+        return "test"
+    if first.get("val_acc") is not None:
+        return "val"
+    raise FspkdError("the data has no test split and no validation split: pass --val-split (e.g. 0.1)")
+
+
+def _row_result(recipe: Recipe, row, configs, summaries, split: str, out: Path) -> dict:
+    nets, weights = [], []
+    for run in row.runs:
+        for member in summaries[run]["members"]:
+            nets.append(member[f"{split}_acc"])
+            weights.append(str(out / run / member["weights"]))
+    result = {
+        "label": row.label,
+        "runs": row.runs,
+        "nets": nets,
+        "avg": sum(nets) / len(nets),
+        "ensemble": _ensemble(row.runs, summaries, configs, weights, split),
+        "iterations": sum(summaries[r]["total_iterations"] for r in row.runs),
+        "hours": sum(summaries[r]["total_wall_s"] for r in row.runs) / 3600,
+        "paper": row.paper,
+    }
+    return result
+
+
+def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str], split: str) -> float | None:
+    """The accuracy of the row's averaged softmax: from the run's summary when one run holds every net."""
+    if len(weights) < 2:
+        return None
+    stored = summaries[runs[0]].get(f"ensemble_{split}_acc") if len(runs) == 1 else None
+    if stored is not None:
+        return stored
+    config = configs[runs[0]]
+    return evaluate_checkpoints(weights, data=config.data, split=split, val_split=config.val_split,
+                                seed=config.seed, image_size=config.image_size)["ensemble_accuracy"]
+
+
+def _timing(recipe: Recipe, summaries: dict) -> dict:
+    """Seconds per 100 iterations: normal training (the first row's run), stage 1 with the live teacher (the
+    first FSP run); the stored-FSP slot stays empty until that option exists."""
+    normal = summaries[recipe.rows[0].runs[0]]["stages"].get("train", {}).get("s_per_100_it")
+    fsp_runs = [n for n, c in recipe.runs.items() if c.method == "fsp"]
+    live = summaries[fsp_runs[0]]["stages"]["stage1"]["s_per_100_it"] if fsp_runs else None
+    return {"normal_s_per_100_it": normal, "stage1_live_s_per_100_it": live,
+            "stage1_stored_s_per_100_it": None, "stage1_stored_note": STORED_FSP_NOTE}
