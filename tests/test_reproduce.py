@@ -120,6 +120,13 @@ def test_rerun_reuses_finished_runs(fast_cifar10):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/final*.pt")} == before
 
 
+def test_other_settings_need_another_out(fast_cifar10, capsys):
+    _, out = fast_cifar10
+    args = ["reproduce", "fast-cifar10", "--data", DATA, "--out", str(out), *TINY, "--scale", "0.0003"]
+    assert main(args) == 2
+    assert f"{out / 'teacher'} holds a run with other settings" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("experiment", ["fast-cifar100", "small-cifar10", "small-cifar100"])
 def test_other_cifar_experiments(experiment, tmp_path):
     results = reproduce_cli(experiment, tmp_path, "--data", DATA)

@@ -112,12 +112,11 @@ def scale_config(config: RunConfig, scale: float) -> RunConfig:
 
 
 def apply_overrides(config: RunConfig, settings: dict[str, Any], models: dict[str, str]) -> RunConfig:
-    """Recipe settings replaced from the command line: RunConfig keys, and model stand-ins (``OLD -> NEW``,
-    the old model's options dropped) for the student and the teacher."""
+    """Recipe settings replaced from the command line: RunConfig keys, and stand-ins for the networks the recipe
+    trains (``OLD -> NEW``, the old model's options dropped)."""
     values = {**config.to_dict(), **settings}
-    for key, options in (("model", "model_options"), ("teacher_model", "teacher_options")):
-        if values[key] in models:
-            values[key], values[options] = models[values[key]], {}
+    if values["model"] in models:
+        values["model"], values["model_options"] = models[values["model"]], {}
     return RunConfig.from_dict(values, where="--set / --model-override").validate()
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .checkpoint import save_checkpoint
-from .config import RunConfig
+from .config import RunConfig, load_yaml
 from .data import load_dataset, parse_normalize
 from .engine import train
 from .errors import FspkdError
@@ -53,6 +53,7 @@ def reproduce(experiment: str, options: Options, out: str | Path, *, progress: b
             print(f"== {experiment}: {name} ({config.method} {config.model})", flush=True)
         if name in recipe.new_head:
             config = dataclasses.replace(config, teacher=str(_new_head_start(config, out, name)), teacher_model=None)
+        _check_same_settings(config, out / name)
         summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
     results = collect_results(recipe, options, configs, summaries, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -69,16 +70,26 @@ def run_configs(recipe: Recipe, options: Options, out: Path) -> dict[str, RunCon
     configs = {}
     for name, config in recipe.runs.items():
         config = dataclasses.replace(config, data=options.data, val_split=options.val_split)
-        config = apply_overrides(scale_config(config, options.scale), options.settings, options.models)
         if config.teacher == EXTERNAL_TEACHER:
             model = options.teacher_model or config.teacher_model
             config = dataclasses.replace(config, teacher=str(options.teacher), teacher_model=model)
-            config = apply_overrides(config, {}, options.models)
         elif config.teacher:
             ref = Path(config.teacher)
             config = dataclasses.replace(config, teacher=str(out / (ref if ref.suffix else ref / "final.pt")))
-        configs[name] = config
+        configs[name] = apply_overrides(scale_config(config, options.scale), options.settings, options.models)
     return configs
+
+
+def _check_same_settings(config: RunConfig, run_dir: Path) -> None:
+    """A run folder is reused only for the same settings: another --scale or --set needs another --out."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).to_dict()
+    differing = [key for key, value in config.to_dict().items() if stored[key] != value]
+    if differing:
+        raise FspkdError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                         "use the same --data/--scale/--set as before, or another --out")
 
 
 def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
@@ -150,7 +161,7 @@ def _row_result(recipe: Recipe, row, configs, summaries, split: str, out: Path) 
         for member in summaries[run]["members"]:
             nets.append(member[f"{split}_acc"])
             weights.append(str(out / run / member["weights"]))
-    result = {
+    return {
         "label": row.label,
         "runs": row.runs,
         "nets": nets,
@@ -160,7 +171,6 @@ def _row_result(recipe: Recipe, row, configs, summaries, split: str, out: Path) 
         "hours": sum(summaries[r]["total_wall_s"] for r in row.runs) / 3600,
         "paper": row.paper,
     }
-    return result
 
 
 def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str], split: str) -> float | None:
