@@ -179,7 +179,19 @@ def _timing_section(results: Mapping) -> str:
 
 
 def _settings_section(results: Mapping) -> str:
+    runs = markdown_table(
+        ["run", "method", "model", "teacher", "students", "stage 1 it", "task stage it", "batch"],
+        [[name, r["method"], _model(r), r["teacher"], r["students"],
+          r["stage1_iterations"], r["train_iterations"], r["batch_size"]] for name, r in results["runs"].items()],
+    )
     choices = "\n".join(f"- {c}" for c in results["choices"])
-    return (f"## Settings\n\nCommand: `{results['command']}` (at scale {results['scale']:g}). Each run's resolved "
-            f"settings are in its folder's `config.yaml`, its curves in `metrics.csv`, its numbers in "
-            f"`summary.json`; this table's numbers are in `results.json`.\n\nWhere the paper is silent:\n\n{choices}")
+    return (f"## Settings\n\nThis run: `{results['rerun']}` (finished runs in the folder are reused). The recipe: "
+            f"`{results['command']}`.\n\n{runs}\n\nEach run's resolved settings are in its folder's `config.yaml`, "
+            f"its curves in `metrics.csv`, its numbers in `summary.json`; this report's numbers are in "
+            f"`results.json`.\n\nWhere the paper is silent:\n\n{choices}")
+
+
+def _model(run: Mapping) -> str:
+    options = ", ".join(f"{k}={v}" for k, v in run["model_options"].items())
+    shuffle = f", shuffle {run['shuffle_seed']}" if run["shuffle_seed"] is not None else ""
+    return f"{run['model']}" + (f" ({options})" if options else "") + shuffle

@@ -138,11 +138,40 @@ def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConf
         "overrides": {"settings": options.settings, "models": options.models},
         "teacher": options.teacher,
         "choices": recipe.choices,
+        "rerun": command_line(recipe.name, options, out),
+        "runs": {name: _run_digest(config, out) for name, config in configs.items()},
         "rows": rows,
         "timing": _timing(recipe, summaries),
         "paper_timing": recipe.paper_timing,
         "figure_runs": {row.label: row.runs[0] for row in recipe.rows},
     }
+
+
+def command_line(experiment: str, options: Options, out: Path) -> str:
+    """The ``fspkd reproduce`` command that gives these results again (finished runs are reused)."""
+    words = ["fspkd reproduce", experiment, "--data", options.data]
+    if options.val_split:
+        words += ["--val-split", f"{options.val_split:g}"]
+    if options.scale != 1:
+        words += ["--scale", f"{options.scale:g}"]
+    if options.teacher:
+        words += ["--teacher", options.teacher]
+    if options.teacher_model:
+        words += ["--teacher-model", options.teacher_model]
+    words += [f"--set {key}={value}" for key, value in options.settings.items()]
+    words += [f"--model-override {old}={new}" for old, new in options.models.items()]
+    return " ".join(words + ["--out", str(out)])
+
+
+def _run_digest(config: RunConfig, out: Path) -> dict:
+    """What a reader of the report needs to know of one run (the rest is in its config.yaml)."""
+    teacher = config.teacher
+    if teacher and Path(teacher).is_relative_to(out):
+        teacher = str(Path(teacher).relative_to(out))
+    return {"method": config.method, "model": config.model, "model_options": config.model_options,
+            "teacher": teacher, "students": config.students, "shuffle_seed": config.shuffle_seed,
+            "stage1_iterations": config.stage1.iterations if config.stage1 else None,
+            "train_iterations": config.train.iterations, "batch_size": config.batch_size}
 
 
 def held_out_split(summaries: dict) -> str:
