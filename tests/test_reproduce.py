@@ -135,6 +135,19 @@ def test_other_cifar_experiments(experiment, tmp_path):
     assert all(len(r["nets"]) == expected for r in results["rows"])
 
 
+def test_a_diverged_run_is_reported_and_the_others_finish(tmp_path, capsys):
+    args = ["reproduce", "small-cifar10", "--out", str(tmp_path), "--data", DATA, *TINY, "--set", "fsp_lambda=1e8",
+            "--model-override", "resnet26=resnet14"]
+    assert main(args) == 1
+    assert "runs failed: fsp" in capsys.readouterr().err
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["label"]: r for r in results["rows"]}
+    assert "non-finite loss" in rows["FSP (ResNet-8)"]["failed"] and rows["FSP (ResNet-8)"]["avg"] is None
+    finished = [r for r in results["rows"] if not r.get("failed")]
+    assert len(finished) == 3 and all(r["nets"] for r in finished)
+    assert "Rows without numbers: their runs failed" in (tmp_path / "report.md").read_text()
+
+
 def test_transfer_from_a_torchvision_format_teacher(tmp_path):
     # stand-in for the ImageNet ResNet-34: random weights, 1000 classes, saved as a plain torchvision state dict
     torch.manual_seed(0)

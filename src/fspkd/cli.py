@@ -281,7 +281,11 @@ def _reproduce(args) -> int:
     if not args.quiet:
         for row in results["rows"]:
             ensemble = "" if row["ensemble"] is None else f", ensemble {row['ensemble']:.2f}"
-            print(f"{row['label']}: {results['split']} acc {row['avg']:.2f}{ensemble}")
+            shown = f"failed ({row['failed']})" if row.get("failed") else f"{row['avg']:.2f}{ensemble}"
+            print(f"{row['label']}: {results['split']} acc {shown}")
+    if results["failures"]:
+        print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
+        return 1
     return 0
 
 

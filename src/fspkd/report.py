@@ -79,13 +79,15 @@ def plot_ensemble_gains(rows: Sequence[Mapping], path: str | Path, title: str = 
     """Bar chart per row: mean single-net accuracy and ensemble accuracy, ours and the paper's in two panels."""
     labels = [r["label"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True, sharey=False)
-    panels = [("ours", [r["avg"] for r in rows], [r["ensemble"] for r in rows]),
+    nan = float("nan")  # a failed row: no bar
+    panels = [("ours", [nan if r["avg"] is None else r["avg"] for r in rows],
+               [nan if r["ensemble"] is None else r["ensemble"] for r in rows]),
               ("the paper", [r["paper"]["avg"] for r in rows], [r["paper"]["ensemble"] for r in rows])]
     positions = range(len(rows))
     for ax, (who, singles, ensembles) in zip(axes, panels):
         ax.bar([p - 0.2 for p in positions], singles, width=0.4, label="mean of single nets")
-        ax.bar([p + 0.2 for p in positions], [e or 0.0 for e in ensembles], width=0.4, label="ensemble")
-        low = min(singles + [e for e in ensembles if e])
+        ax.bar([p + 0.2 for p in positions], ensembles, width=0.4, label="ensemble")
+        low = min([v for v in singles + ensembles if v == v], default=5.0)  # v == v: not NaN
         ax.set_ylim(max(0.0, low - 5), None)
         ax.set_xticks(list(positions), labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("accuracy (%)")
@@ -135,28 +137,35 @@ def _tables(results: Mapping) -> str:
     rows = results["rows"]
     if results["layout"] == "single":
         header = ["Row", f"ours: {split} acc (%)", "ours: #Iter", "ours: train hours", "paper: acc (%)"]
-        table = markdown_table(header, [[r["label"], r["nets"][0], _k(r["iterations"]), _hours(r["hours"]),
+        table = markdown_table(header, [[r["label"], (r["nets"] or [None])[0], _k(r["iterations"]), _hours(r["hours"]),
                                          r["paper"]["acc"]] for r in rows])
-        return f"## Results\n\nOurs beside the paper's (separate columns; never mixed).\n\n{table}"
+        return f"## Results\n\nOurs beside the paper's (separate columns; never mixed).\n\n{table}{_failures(results)}"
     header = ["Row", "Net 1", "Net 2", "Net 3", "Avg", "Ensemble", "#Iter"]
     ours = markdown_table(header, [[r["label"], *_three(r["nets"]), r["avg"], r["ensemble"], _k(r["iterations"])]
                                    for r in rows])
     paper = markdown_table(header, [[r["label"], *_three(r["paper"]["nets"]), r["paper"]["avg"],
                                      r["paper"]["ensemble"], r["paper"]["iterations"]] for r in rows])
     return (f"## Results\n\n### Ours ({split} accuracy, %)\n\n{ours}\n\n"
-            f"### The paper's (test accuracy, %; quoted from the paper, not measured here)\n\n{paper}")
+            f"### The paper's (test accuracy, %; quoted from the paper, not measured here)\n\n{paper}{_failures(results)}")
+
+
+def _failures(results: Mapping) -> str:
+    failed = [f"- {r['label']}: {r['failed']}" for r in results["rows"] if r.get("failed")]
+    return "\n\nRows without numbers: their runs failed.\n\n" + "\n".join(failed) if failed else ""
 
 
 def _three(nets: Sequence) -> list:
     return list(nets[:3]) + [None] * (3 - len(nets[:3]))
 
 
-def _k(iterations: int) -> str:
+def _k(iterations: int | None) -> str | None:
+    if iterations is None:
+        return None
     return f"{iterations / 1000:g}k" if iterations >= 1000 else str(iterations)
 
 
-def _hours(hours: float) -> str:
-    return f"{hours:.3g}"
+def _hours(hours: float | None) -> str | None:
+    return None if hours is None else f"{hours:.3g}"
 
 
 def _timing_section(results: Mapping) -> str:

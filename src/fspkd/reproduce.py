@@ -17,7 +17,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .config import RunConfig, load_yaml
 from .data import load_dataset, parse_normalize
-from .engine import train
+from .engine import NonFiniteLoss, train
 from .errors import FspkdError
 from .inference import evaluate_checkpoints, load_network
 from .models import create
@@ -47,15 +47,22 @@ def reproduce(experiment: str, options: Options, out: str | Path, *, progress: b
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(recipe, options, out)
-    summaries = {}
+    summaries, failures = {}, {}
     for name, config in configs.items():
+        teacher_run = recipe.teacher_refs().get(name)
+        if teacher_run in failures:
+            failures[name] = f"not run: its teacher run {teacher_run!r} failed"
+            continue
         if progress:
             print(f"== {experiment}: {name} ({config.method} {config.model})", flush=True)
         if name in recipe.new_head:
             config = dataclasses.replace(config, teacher=str(_new_head_start(config, out, name)), teacher_model=None)
         _check_same_settings(config, out / name)
-        summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
-    results = collect_results(recipe, options, configs, summaries, out)
+        try:
+            summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
+        except NonFiniteLoss as err:  # a diverged run is a result too: its row says so, the others go on
+            failures[name] = str(err)
+    results = collect_results(recipe, options, configs, summaries, failures, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_reproduction_report(results, out)
     if progress:
@@ -119,13 +126,15 @@ def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
 
 # -- results --------------------------------------------------------------------------------------------------
 def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConfig], summaries: dict,
-                    out: Path) -> dict:
+                    failures: dict, out: Path) -> dict:
     """The table (ours and the paper's, apart), the time accounting and the run settings, as plain data."""
+    if not summaries:
+        raise FspkdError(f"every run of {recipe.name} failed; the first: {next(iter(failures.values()))}")
     split = held_out_split(summaries)
-    rows = [_row_result(recipe, row, configs, summaries, split, out) for row in recipe.rows]
+    rows = [_row_result(row, configs, summaries, failures, split, out) for row in recipe.rows]
     teacher_hours = rows[0]["hours"]
     for row in rows[1:]:
-        row["speedup_over_teacher"] = teacher_hours / row["hours"] if row["hours"] else None
+        row["speedup_over_teacher"] = teacher_hours / row["hours"] if teacher_hours and row["hours"] else None
     return {
         "experiment": recipe.name,
         "title": recipe.title,
@@ -141,9 +150,10 @@ def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConf
         "rerun": command_line(recipe.name, options, out),
         "runs": {name: _run_digest(config, out) for name, config in configs.items()},
         "rows": rows,
+        "failures": failures,
         "timing": _timing(recipe, summaries),
         "paper_timing": recipe.paper_timing,
-        "figure_runs": {row.label: row.runs[0] for row in recipe.rows},
+        "figure_runs": {row.label: row.runs[0] for row in recipe.rows if row.runs[0] in summaries},
     }
 
 
@@ -184,7 +194,11 @@ def held_out_split(summaries: dict) -> str:
     raise FspkdError("the data has no test split and no validation split: pass --val-split (e.g. 0.1)")
 
 
-def _row_result(recipe: Recipe, row, configs, summaries, split: str, out: Path) -> dict:
+def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) -> dict:
+    failed = [f"{run}: {failures[run]}" for run in row.runs if run in failures]
+    if failed:
+        return {"label": row.label, "runs": row.runs, "nets": [], "avg": None, "ensemble": None,
+                "iterations": None, "hours": None, "paper": row.paper, "failed": "; ".join(failed)}
     nets, weights = [], []
     for run in row.runs:
         for member in summaries[run]["members"]:
@@ -217,8 +231,9 @@ def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str
 def _timing(recipe: Recipe, summaries: dict) -> dict:
     """Seconds per 100 iterations: normal training (the first row's run), stage 1 with the live teacher (the
     first FSP run); the stored-FSP slot stays empty until that option exists."""
-    normal = summaries[recipe.rows[0].runs[0]]["stages"].get("train", {}).get("s_per_100_it")
-    fsp_runs = [n for n, c in recipe.runs.items() if c.method == "fsp"]
+    first = summaries.get(recipe.rows[0].runs[0], {"stages": {}})
+    normal = first["stages"].get("train", {}).get("s_per_100_it")
+    fsp_runs = [n for n, c in recipe.runs.items() if c.method == "fsp" and n in summaries]
     live = summaries[fsp_runs[0]]["stages"]["stage1"]["s_per_100_it"] if fsp_runs else None
     return {"normal_s_per_100_it": normal, "stage1_live_s_per_100_it": live,
             "stage1_stored_s_per_100_it": None, "stage1_stored_note": STORED_FSP_NOTE}
