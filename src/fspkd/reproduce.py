@@ -45,8 +45,8 @@ def reproduce(experiment: str, options: Options, out: str | Path, *, progress: b
     """Run (or finish) every run of ``experiment`` under ``out``; write results.json and report.md there."""
     recipe = load_recipe(experiment)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     configs = run_configs(recipe, options, out)
+    out.mkdir(parents=True, exist_ok=True)
     summaries, failures = {}, {}
     for name, config in configs.items():
         teacher_run = recipe.teacher_refs().get(name)
