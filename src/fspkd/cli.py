@@ -135,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also time the plain step with these intra-op thread counts, e.g. 1,2")
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(handler=_bench)
+    _add_reproduce(sub)
     models = sub.add_parser("models", help="list the model names")
     models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
     return parser
@@ -332,6 +333,51 @@ def _thread_counts(text: str) -> list[int]:
     if any(c < 1 for c in counts):
         raise FspkdError(f"--compare-threads expects positive integers such as '1,2', got {text!r}")
     return counts
+
+
+def _add_reproduce(sub) -> None:
+    from .recipes import list_recipes
+
+    parser = sub.add_parser("reproduce", help="one of the paper's tables: every run, report.md and figures")
+    parser.add_argument("experiment", choices=list_recipes(), help="the paper's experiment (recipe)")
+    parser.add_argument("--data", required=True, help="data spec, e.g. cifar10:PATH (any set the runs accept)")
+    parser.add_argument("--val-split", type=float, default=0.0, help="held-out validation fraction (needed "
+                        "when the data has no test split; accuracies are then validation accuracies)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count, milestone "
+                        "and eval interval (default 1 = the paper)")
+    parser.add_argument("--out", help="output folder (default runs/EXPERIMENT[-scaleF]); finished runs in it "
+                        "are reused, interrupted ones resumed")
+    parser.add_argument("--teacher", help="transfer: the teacher trained elsewhere (torchvision-format state "
+                        "dict, or one of our checkpoints)")
+    parser.add_argument("--teacher-model", help="that teacher's architecture (default: the recipe's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run setting for every run, e.g. batch_size=32 (repeatable; marks the report)")
+    parser.add_argument("--model-override", action="append", default=[], metavar="OLD=NEW",
+                        help="a stand-in model, e.g. resnet26=resnet8 (its options dropped; marks the report)")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: the local GPU if any, else cpu)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(handler=_reproduce)
+
+
+def _reproduce(args) -> int:
+    from .reproduce import Options, reproduce
+
+    models = dict(_option_pairs(args.model_override))
+    options = Options(data=args.data, scale=args.scale, val_split=args.val_split, teacher=args.teacher,
+                      teacher_model=args.teacher_model, settings=dict(_option_pairs(args.set)),
+                      models={old: str(new) for old, new in models.items()})
+    scale = "" if args.scale == 1 else f"-scale{args.scale:g}"
+    out = args.out or f"runs/{args.experiment}{scale}"
+    results = reproduce(args.experiment, options, out, progress=not args.quiet, device=args.device)
+    if not args.quiet:
+        for row in results["rows"]:
+            ensemble = "" if row["ensemble"] is None else f", ensemble {row['ensemble']:.2f}"
+            shown = f"failed ({row['failed']})" if row.get("failed") else f"{row['avg']:.2f}{ensemble}"
+            print(f"{row['label']}: {results['split']} acc {shown}")
+    if results["failures"]:
+        print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _list_models() -> list[str]:

@@ -1,0 +1,239 @@
+"""``fspkd reproduce EXPERIMENT``: every run of one of the paper's tables, then its report.
+
+Each run of the recipe is a run folder under ``out`` driven by ``fspkd.engine.train(..., resume=True)``: a
+finished run is reused (its stored summary is read back), an interrupted one continues where it stopped. The
+table is then built from the runs' summaries (``results.json``) and written as ``report.md`` with figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .config import RunConfig, load_yaml
+from .data import load_dataset, parse_normalize
+from .engine import NonFiniteLoss, train
+from .errors import FspkdError
+from .inference import evaluate_checkpoints, load_network
+from .models import create
+from .recipes import EXTERNAL_TEACHER, Recipe, apply_overrides, load_recipe, scale_config
+from .report import write_reproduction_report
+
+STORED_FSP_NOTE = "not measured: the stored-teacher-FSP option does not exist yet"
+
+
+@dataclasses.dataclass
+class Options:
+    """What the command line changes in a recipe."""
+
+    data: str
+    scale: float = 1.0
+    val_split: float = 0.0
+    teacher: str | None = None  # the @teacher file (transfer: an ImageNet ResNet-34 state dict)
+    teacher_model: str | None = None  # its architecture, when not the recipe's
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # RunConfig keys for every run
+    models: dict[str, str] = dataclasses.field(default_factory=dict)  # model stand-ins, OLD -> NEW
+
+
+def reproduce(experiment: str, options: Options, out: str | Path, *, progress: bool = True,
+              device: str | None = None) -> dict:
+    """Run (or finish) every run of ``experiment`` under ``out``; write results.json and report.md there."""
+    recipe = load_recipe(experiment)
+    out = Path(out)
+    configs = run_configs(recipe, options, out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, failures = {}, {}
+    for name, config in configs.items():
+        teacher_run = recipe.teacher_refs().get(name)
+        if teacher_run in failures:
+            failures[name] = f"not run: its teacher run {teacher_run!r} failed"
+            continue
+        if progress:
+            print(f"== {experiment}: {name} ({config.method} {config.model})", flush=True)
+        if name in recipe.new_head:
+            config = dataclasses.replace(config, teacher=str(_new_head_start(config, out, name)), teacher_model=None)
+        _check_same_settings(config, out / name)
+        try:
+            summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
+        except NonFiniteLoss as err:  # a diverged run is a result too: its row says so, the others go on
+            failures[name] = str(err)
+    results = collect_results(recipe, options, configs, summaries, failures, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_reproduction_report(results, out)
+    if progress:
+        print(f"report: {out / 'report.md'}")
+    return results
+
+
+def run_configs(recipe: Recipe, options: Options, out: Path) -> dict[str, RunConfig]:
+    """The recipe's runs as they will run: data, scale and overrides applied, teachers resolved to files."""
+    if options.teacher is None and EXTERNAL_TEACHER in recipe.teacher_refs().values():
+        raise FspkdError(f"experiment {recipe.name} needs a teacher trained elsewhere: pass --teacher PATH")
+    configs = {}
+    for name, config in recipe.runs.items():
+        config = dataclasses.replace(config, data=options.data, val_split=options.val_split)
+        if config.teacher == EXTERNAL_TEACHER:
+            model = options.teacher_model or config.teacher_model
+            config = dataclasses.replace(config, teacher=str(options.teacher), teacher_model=model)
+        elif config.teacher:
+            ref = Path(config.teacher)
+            config = dataclasses.replace(config, teacher=str(out / (ref if ref.suffix else ref / "final.pt")))
+        configs[name] = apply_overrides(scale_config(config, options.scale), options.settings, options.models)
+    return configs
+
+
+def _check_same_settings(config: RunConfig, run_dir: Path) -> None:
+    """A run folder is reused only for the same settings: another --scale or --set needs another --out."""
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).to_dict()
+    differing = [key for key, value in config.to_dict().items() if stored[key] != value]
+    if differing:
+        raise FspkdError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
+                         "use the same --data/--scale/--set as before, or another --out")
+
+
+def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
+    """The teacher's weights with a freshly initialised classifier for this data (the start of fine-tuning)."""
+    path = out / "prepared" / f"{name}-start.pt"
+    if path.exists():
+        return path
+    splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed, image_size=config.image_size)
+    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, splits.num_classes)
+    torch.manual_seed(config.seed)
+    net = create(config.model, num_classes=splits.num_classes, **config.model_options)
+    ours, theirs = net.state_dict(), teacher.state_dict()
+    kept = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
+    fresh = [k for k in ours if k not in kept and not k.endswith("num_batches_tracked")]
+    if len(fresh) > 2:  # more than the classifier's weight and bias
+        raise FspkdError(f"{config.teacher}: {len(fresh)} tensors do not fit {config.model} (e.g. {fresh[:3]}); "
+                         "a new head can only replace the classifier")
+    net.load_state_dict({**ours, **kept})
+    mean, std = parse_normalize(config.normalize, splits)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, {"model": net.state_dict(), "model_name": config.model,
+                           "model_options": dict(config.model_options), "num_classes": splits.num_classes,
+                           "classes": list(splits.classes), "mean": list(map(float, mean)),
+                           "std": list(map(float, std))})
+    return path
+
+
+# -- results --------------------------------------------------------------------------------------------------
+def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConfig], summaries: dict,
+                    failures: dict, out: Path) -> dict:
+    """The table (ours and the paper's, apart), the time accounting and the run settings, as plain data."""
+    if not summaries:
+        raise FspkdError(f"every run of {recipe.name} failed; the first: {next(iter(failures.values()))}")
+    split = held_out_split(summaries)
+    rows = [_row_result(row, configs, summaries, failures, split, out) for row in recipe.rows]
+    teacher_hours = rows[0]["hours"]
+    for row in rows[1:]:
+        row["speedup_over_teacher"] = teacher_hours / row["hours"] if teacher_hours and row["hours"] else None
+    return {
+        "experiment": recipe.name,
+        "title": recipe.title,
+        "layout": recipe.layout,
+        "command": recipe.command,
+        "scale": options.scale,
+        "data": options.data,
+        "paper_data": recipe.paper_data,
+        "split": split,
+        "overrides": {"settings": options.settings, "models": options.models},
+        "teacher": options.teacher,
+        "choices": recipe.choices,
+        "rerun": command_line(recipe.name, options, out),
+        "runs": {name: _run_digest(config, out) for name, config in configs.items()},
+        "rows": rows,
+        "failures": failures,
+        "timing": _timing(recipe, summaries),
+        "paper_timing": recipe.paper_timing,
+        "figure_runs": {row.label: row.runs[0] for row in recipe.rows if row.runs[0] in summaries},
+    }
+
+
+def command_line(experiment: str, options: Options, out: Path) -> str:
+    """The ``fspkd reproduce`` command that gives these results again (finished runs are reused)."""
+    words = ["fspkd reproduce", experiment, "--data", options.data]
+    if options.val_split:
+        words += ["--val-split", f"{options.val_split:g}"]
+    if options.scale != 1:
+        words += ["--scale", f"{options.scale:g}"]
+    if options.teacher:
+        words += ["--teacher", options.teacher]
+    if options.teacher_model:
+        words += ["--teacher-model", options.teacher_model]
+    words += [f"--set {key}={value}" for key, value in options.settings.items()]
+    words += [f"--model-override {old}={new}" for old, new in options.models.items()]
+    return " ".join(words + ["--out", str(out)])
+
+
+def _run_digest(config: RunConfig, out: Path) -> dict:
+    """What a reader of the report needs to know of one run (the rest is in its config.yaml)."""
+    teacher = config.teacher
+    if teacher and Path(teacher).is_relative_to(out):
+        teacher = str(Path(teacher).relative_to(out))
+    return {"method": config.method, "model": config.model, "model_options": config.model_options,
+            "teacher": teacher, "students": config.students, "shuffle_seed": config.shuffle_seed,
+            "stage1_iterations": config.stage1.iterations if config.stage1 else None,
+            "train_iterations": config.train.iterations, "batch_size": config.batch_size}
+
+
+def held_out_split(summaries: dict) -> str:
+    """'test' when the data has a test split, else 'val'; an error when it has neither."""
+    first = next(iter(summaries.values()))
+    if first.get("test_acc") is not None:
+        return "test"
+    if first.get("val_acc") is not None:
+        return "val"
+    raise FspkdError("the data has no test split and no validation split: pass --val-split (e.g. 0.1)")
+
+
+def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) -> dict:
+    failed = [f"{run}: {failures[run]}" for run in row.runs if run in failures]
+    if failed:
+        return {"label": row.label, "runs": row.runs, "nets": [], "avg": None, "ensemble": None,
+                "iterations": None, "hours": None, "paper": row.paper, "failed": "; ".join(failed)}
+    nets, weights = [], []
+    for run in row.runs:
+        for member in summaries[run]["members"]:
+            nets.append(member[f"{split}_acc"])
+            weights.append(str(out / run / member["weights"]))
+    return {
+        "label": row.label,
+        "runs": row.runs,
+        "nets": nets,
+        "avg": sum(nets) / len(nets),
+        "ensemble": _ensemble(row.runs, summaries, configs, weights, split),
+        "iterations": sum(summaries[r]["total_iterations"] for r in row.runs),
+        "hours": sum(summaries[r]["total_wall_s"] for r in row.runs) / 3600,
+        "paper": row.paper,
+    }
+
+
+def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str], split: str) -> float | None:
+    """The accuracy of the row's averaged softmax: from the run's summary when one run holds every net."""
+    if len(weights) < 2:
+        return None
+    stored = summaries[runs[0]].get(f"ensemble_{split}_acc") if len(runs) == 1 else None
+    if stored is not None:
+        return stored
+    config = configs[runs[0]]
+    return evaluate_checkpoints(weights, data=config.data, split=split, val_split=config.val_split,
+                                seed=config.seed, image_size=config.image_size)["ensemble_accuracy"]
+
+
+def _timing(recipe: Recipe, summaries: dict) -> dict:
+    """Seconds per 100 iterations: normal training (the first row's run), stage 1 with the live teacher (the
+    first FSP run); the stored-FSP slot stays empty until that option exists."""
+    first = summaries.get(recipe.rows[0].runs[0], {"stages": {}})
+    normal = first["stages"].get("train", {}).get("s_per_100_it")
+    fsp_runs = [n for n, c in recipe.runs.items() if c.method == "fsp" and n in summaries]
+    live = summaries[fsp_runs[0]]["stages"]["stage1"]["s_per_100_it"] if fsp_runs else None
+    return {"normal_s_per_100_it": normal, "stage1_live_s_per_100_it": live,
+            "stage1_stored_s_per_100_it": None, "stage1_stored_note": STORED_FSP_NOTE}
