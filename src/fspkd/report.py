@@ -173,8 +173,9 @@ def _timing_section(results: Mapping) -> str:
     stored = timing["stage1_stored_s_per_100_it"]
     header = ["", "ours", "paper (one GPU)"]
     table = markdown_table(header, [
-        ["normal training, s / 100 it", timing["normal_s_per_100_it"], paper.get("normal_s_per_100_it")],
-        ["stage 1, live teacher FSP, s / 100 it", timing["stage1_live_s_per_100_it"],
+        [f"normal training (run {timing['normal_run']}), s / 100 it", timing["normal_s_per_100_it"],
+         paper.get("normal_s_per_100_it")],
+        [f"stage 1, live teacher FSP (run {timing['stage1_run']}), s / 100 it", timing["stage1_live_s_per_100_it"],
          paper.get("stage1_live_s_per_100_it")],
         ["stage 1, stored teacher FSP, s / 100 it", stored if stored is not None else timing["stage1_stored_note"],
          paper.get("stage1_stored_s_per_100_it")],

@@ -235,5 +235,6 @@ def _timing(recipe: Recipe, summaries: dict) -> dict:
     normal = first["stages"].get("train", {}).get("s_per_100_it")
     fsp_runs = [n for n, c in recipe.runs.items() if c.method == "fsp" and n in summaries]
     live = summaries[fsp_runs[0]]["stages"]["stage1"]["s_per_100_it"] if fsp_runs else None
-    return {"normal_s_per_100_it": normal, "stage1_live_s_per_100_it": live,
+    return {"normal_run": recipe.rows[0].runs[0], "stage1_run": fsp_runs[0] if fsp_runs else None,
+            "normal_s_per_100_it": normal, "stage1_live_s_per_100_it": live,
             "stage1_stored_s_per_100_it": None, "stage1_stored_note": STORED_FSP_NOTE}
