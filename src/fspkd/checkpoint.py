@@ -8,16 +8,16 @@ code. Our checkpoints are dicts with the weights under ``"model"`` plus ``"model
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
+from .atomic import atomic_write
 from .errors import FspkdError
 from .models import create
 
@@ -102,7 +102,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` atomically with ``torch.save``; it must hold only what ``weights_only=True`` reads back
     (tensors, dicts, lists, tuples, numbers, strings, None), else FspkdError and nothing is written."""
     _check_weights_only(payload, "payload")
-    _atomic_write(Path(path), lambda file: torch.save(payload, file))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp), "the checkpoint")
 
 
 def save_weights_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -113,7 +113,7 @@ def save_weights_safetensors(model: nn.Module, path: str | os.PathLike, metadata
             raise FspkdError(f"safetensors metadata must map str to str; {key!r}: {value!r} is not")
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     data = safetensors_bytes(tensors, metadata=metadata)
-    _atomic_write(Path(path), lambda file: file.write(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), "the weights")
 
 
 def _torch_load(path: Path):
@@ -181,27 +181,3 @@ def _check_weights_only(value, where: str) -> None:
             f"{where} is a {type(value).__module__}.{type(value).__qualname__}, which torch.load(weights_only=True) "
             f"refuses; store tensors, dicts, lists, numbers or strings (e.g. float(x), x.state_dict())"
         )
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temp file in the same directory, fsync it, rename it over ``path``, fsync the directory:
-    a crash leaves either the old file or the new one, never a torn one."""
-    directory = path.parent
-    if not directory.is_dir():
-        raise FspkdError(f"cannot save {path}: directory {directory} does not exist")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,6 +33,7 @@ import torch.distributed as dist
 
 from .data.augment import FixedViews
 from .data.cache import default_cache_dir
+from .atomic import atomic_write
 from .errors import FspkdError
 
 FORMAT_VERSION = 1
@@ -132,15 +131,15 @@ def build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, d
     except OSError as err:
         raise FspkdError(f"{stem.parent}: cannot create the FSP target store folder ({err})") from None
     table = torch.stack([views.offset_y, views.offset_x, views.flips.long()], -1).to(torch.int16).numpy()
-    _write_atomically(stem.with_suffix(".views.npy"), lambda path: _save_array(path, table))
+    _write(stem.with_suffix(".views.npy"), lambda path: _save_array(path, table))
     meta = {"format": FORMAT_VERSION, "pairs": [list(p) for p in pairs], "shapes": shapes, "pad": views.pad,
             "views": views.count, "images": len(images), "dtype": dtype}
-    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
+    _write(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
     width = sum(m * n for m, n in shapes)
-    _write_atomically(stem.with_suffix(".npy"),
+    _write(stem.with_suffix(".npy"),
                       lambda path: _fill_targets(path, teacher_fn, loader, views, (len(images), views.count, width), dtype))
     meta["build_s"] = round(time.perf_counter() - started, 1)
-    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
+    _write(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
 
 
 def _fill_targets(path: Path, teacher_fn: TeacherFn, loader, views: FixedViews, shape, dtype: str) -> None:
@@ -160,23 +159,13 @@ def _fill_targets(path: Path, teacher_fn: TeacherFn, loader, views: FixedViews, 
     del targets
 
 
+def _write(target: Path, write) -> None:
+    atomic_write(target, write, "the FSP target store")
+
+
 def _save_array(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as file:  # a file object: np.save would add ".npy" to a name
         np.save(file, array)
-
-
-def _write_atomically(target: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    except OSError as err:
-        Path(temporary).unlink(missing_ok=True)
-        raise FspkdError(f"{target}: cannot write the FSP target store ({err})") from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _state_digest(module: torch.nn.Module) -> str:

@@ -55,6 +55,10 @@ def plot_training_curves(runs: Mapping[str, str | Path], path: str | Path, title
     axes[1, 0].set_yscale("log")
     axes[1, 1].set_yscale("log")
     axes[0, 0].legend(fontsize=8)
+    return _save(fig, path, title)
+
+
+def _save(fig, path: str | Path, title: str) -> Path:
     if title:
         fig.suptitle(title)
     path = Path(path)
@@ -94,12 +98,7 @@ def plot_ensemble_gains(rows: Sequence[Mapping], path: str | Path, title: str = 
         ax.set_title(who)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def write_reproduction_report(results: Mapping, out: str | Path) -> Path:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from fspkd.data.sets import DecodedDataset, ImageSet
+from fspkd.atomic import atomic_write
 from fspkd.errors import FspkdError
 
 FORMAT_VERSION = 1
@@ -88,21 +87,6 @@ def _store_entry(stem: Path, decoded: DecodedDataset) -> None:
     if decoded.test is not None:
         tensors.update(test_images=decoded.test.images, test_labels=decoded.test.labels)
     meta = {"classes": decoded.classes, "has_test": decoded.test is not None, "format": FORMAT_VERSION}
-    _write_atomically(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta)))
-    _write_atomically(stem.with_suffix(".safetensors"),
-                      lambda path: save_file({k: v.contiguous() for k, v in tensors.items()}, str(path)))
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Call `write` on a temporary file next to `target`, then rename it over `target`."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, target)
-    except OSError as err:
-        Path(temporary).unlink(missing_ok=True)
-        raise FspkdError(f"{target}: cannot write the data cache ({err})") from None
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta)), "the data cache")
+    atomic_write(stem.with_suffix(".safetensors"),
+                 lambda path: save_file({k: v.contiguous() for k, v in tensors.items()}, str(path)), "the data cache")
