@@ -39,6 +39,8 @@ DISTILL_FLAGS = {
     "--students": ("students", int, "stage-2 students trained from one stage 1 (default 1)"),
     "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
     "--fsp-first": ("fsp_first", str, "section start taken 'before' (default) or 'after' its down-sampling block"),
+    "--fsp-normalize": ("fsp_normalize", str, "none (default, the paper's raw matrices) | frobenius (unit-norm "
+                        "matrices per sample)"),
     "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
     "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
@@ -98,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (default 1)")
     demo.set_defaults(handler=_demo)
+    study = sub.add_parser("study", help="the fast-optimization study (docs/fast-optimization-study.md): "
+                           "scratch, FSP (paper / best), KD and FitNet students at equal task-stage budgets")
+    study.add_argument("--out", default="runs/study", help="output folder (default runs/study); rerun to resume")
+    study.add_argument("--data", default="cifar10:../shared/data/cifar10-train-jpg.tar.gz", help="data spec")
+    study.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (default 0.1)")
+    study.add_argument("--normalize", default="imagenet", help="input normalisation of every arm (the teacher's)")
+    study.add_argument("--teacher", default="../shared/weights/resnet20-12fca82f.th", help="teacher checkpoint")
+    study.add_argument("--teacher-model", default="resnet20", help="the teacher's architecture")
+    study.add_argument("--model", default="resnet20", help="the students' architecture")
+    study.add_argument("--budgets", default="500", help="comma-separated task-stage iterations (default 500)")
+    study.add_argument("--arms", help="arms separated by ';', each a base arm (scratch, fsp-paper, fsp-best, kd, "
+                       "fitnet) optionally followed by :key=value,... overrides (default: the five base arms)")
+    study.add_argument("--students", type=int, default=3, help="students per arm (default 3)")
+    study.add_argument("--seed", type=int, default=0, help="seed of the split and of the first student")
+    study.add_argument("--report-only", action="store_true", help="rebuild report.md from finished runs")
+    study.add_argument("--quiet", action="store_true", help="no progress output")
+    study.set_defaults(handler=_study)
     models = sub.add_parser("models", help="list the model names")
     models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
     return parser
@@ -240,6 +259,20 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     run_demo(Path(args.out), scale=args.scale)
+    return 0
+
+
+def _study(args) -> int:
+    from .study import BASE_ARMS, run_study, write_report
+
+    arms = [a for a in args.arms.split(";") if a] if args.arms else list(BASE_ARMS)
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    base = RunConfig(data=args.data, val_split=args.val_split, normalize=args.normalize, teacher=args.teacher,
+                     teacher_model=args.teacher_model, model=args.model, students=args.students, seed=args.seed)
+    if args.report_only:
+        print(write_report(Path(args.out), arms, budgets))
+    else:
+        print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet))
     return 0
 
 

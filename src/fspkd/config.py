@@ -70,6 +70,7 @@ class RunConfig:
     # FSP
     fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
     fsp_first: str = "before"  # section start taken before or after the down-sampling block
+    fsp_normalize: str = "none"  # none (the paper's raw Eq. 1) | frobenius (each matrix scaled to unit norm)
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
@@ -94,6 +95,8 @@ class RunConfig:
                 raise FspkdError(f"{key} must be a positive integer, got {getattr(self, key)}")
         if self.fsp_first not in ("before", "after"):
             raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
+        if self.fsp_normalize not in ("none", "frobenius"):
+            raise FspkdError(f"fsp_normalize must be 'none' or 'frobenius', got {self.fsp_normalize!r}")
         if self.fitnet_hints not in (1, 3):
             raise FspkdError(f"fitnet_hints must be 1 or 3, got {self.fitnet_hints}")
         if self.precision not in ("fp32", "bf16", "fp16"):

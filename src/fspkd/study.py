@@ -1,0 +1,204 @@
+"""``fspkd study``: the fast-optimization study (issue 8) as one re-runnable command.
+
+Every arm trains ``students`` students of one architecture with the same task-stage budget and schedule shape
+(lr / 10 at 50% and 75%); two-stage arms (FSP, FitNet) run one stage 1 as long as stage 2, shared by their
+students (the paper's "Student *" rows). All arms use one seed, so they share one held-out validation split;
+the students of an arm differ in initialisation (single-stage arms) and data order. Finished runs are skipped, an
+interrupted one is resumed, so the command can be run again to extend a study or to rebuild its report.
+
+An arm is a base name, optionally followed by overrides: ``fsp-paper:stage1.optimizer=adam,train.lr=0.02``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .config import RunConfig, Schedule  # noqa: E402
+from .errors import FspkdError  # noqa: E402
+from .recipes import fsp_recipe, paper_shape  # noqa: E402
+from .report import markdown_table  # noqa: E402
+from .runlog import read_metrics  # noqa: E402
+
+BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")
+EVALS_PER_STAGE = 5  # validation points per task stage (eval_every = budget / 5)
+
+
+def base_arm(name: str, budget: int) -> dict:
+    """RunConfig fields of a base arm for a task stage of ``budget`` iterations."""
+    if name == "scratch":
+        return {"method": "plain", "train": paper_shape(budget, 0.1)}
+    if name == "kd":
+        return {"method": "kd", "train": paper_shape(budget, 0.1)}
+    if name == "fitnet":  # the paper's hint stage: lr 1e-4, / 10 at 25k of 35k iterations
+        return {"method": "fitnet", "train": paper_shape(budget, 0.1),
+                "stage1": Schedule(iterations=budget, lr=1e-4, milestones=[round(budget * 25 / 35)])}
+    if name == "fsp-paper":
+        return {"method": "fsp", **fsp_recipe("paper", budget)}
+    if name == "fsp-best":
+        return {"method": "fsp", **fsp_recipe("fast", budget)}
+    raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}")
+
+
+def arm_config(arm: str, budget: int, base: RunConfig) -> RunConfig:
+    """The RunConfig of ``arm`` (``name[:key=value,...]``) at ``budget`` on top of the shared settings."""
+    name, _, overrides = arm.partition(":")
+    fields = base_arm(name, budget)
+    config = dataclasses.replace(base, **fields)
+    if config.method == "plain":
+        config = dataclasses.replace(config, teacher=None, teacher_model=None)
+    for item in filter(None, overrides.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FspkdError(f"arm {arm!r}: override {item!r} is not KEY=VALUE")
+        config = _override(config, key, _literal(value), arm)
+    return config.validate()
+
+
+def _override(config: RunConfig, key: str, value, arm: str) -> RunConfig:
+    stage, dot, field = key.partition(".")
+    if dot:
+        schedule = getattr(config, stage, None)
+        if not isinstance(schedule, Schedule) or field not in {f.name for f in dataclasses.fields(Schedule)}:
+            raise FspkdError(f"arm {arm!r}: no schedule setting {key!r} (stage1.* or train.* of this arm)")
+        if field == "iterations":  # keep the paper's shape
+            return dataclasses.replace(config, **{stage: paper_shape(value, schedule.lr, schedule.optimizer)})
+        return dataclasses.replace(config, **{stage: dataclasses.replace(schedule, **{field: value})})
+    if key not in {f.name for f in dataclasses.fields(RunConfig)}:
+        raise FspkdError(f"arm {arm!r}: no run setting {key!r}")
+    return dataclasses.replace(config, **{key: value})
+
+
+def _literal(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def run_dir(out: Path, budget: int, arm: str) -> Path:
+    return out / f"b{budget}" / arm.replace(":", "--").replace(",", "-").replace("=", "")
+
+
+def run_study(out: Path, arms: list[str], budgets: list[int], base: RunConfig, progress: bool = True) -> str:
+    """Train (or finish) every arm at every budget under ``out``; write ``out/report.md``; return its text."""
+    from .engine import train
+
+    for budget in budgets:
+        base_b = dataclasses.replace(base, eval_every=max(1, budget // EVALS_PER_STAGE))
+        for arm in arms:
+            if progress:
+                print(f"== budget {budget}: {arm}", flush=True)
+            train(arm_config(arm, budget, base_b), run_dir(out, budget, arm), resume=True, progress=progress)
+    return write_report(out, arms, budgets)
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+def member_curves(folder: Path) -> list[dict]:
+    """Per student: task-stage iterations, wall seconds (its stage 1 included) and validation accuracy.
+
+    ``metrics.csv`` counts wall time over the whole run; a later student's clock is restarted at the end of the
+    previous student and the shared stage 1's time is added to every student, as each needed it.
+    """
+    rows = read_metrics(folder / "metrics.csv")
+    final_stage = rows[-1]["stage"]
+    stage1_wall = max((r["wall_s"] for r in rows if r["stage"] != final_stage), default=0.0)
+    curves, start = [], stage1_wall
+    for member in sorted({r["member"] for r in rows}):
+        mine = [r for r in rows if r["member"] == member and r["stage"] == final_stage]
+        evals = [r for r in mine if r["val_acc"] is not None]
+        curves.append({
+            "iteration": [r["iteration"] for r in evals],
+            "wall_s": [r["wall_s"] - start + stage1_wall for r in evals],
+            "val_acc": [r["val_acc"] for r in evals],
+            "stage1_wall_s": stage1_wall,
+        })
+        start = max(r["wall_s"] for r in mine)
+    return curves
+
+
+def first_reaching(curve: dict, target: float) -> int | None:
+    """The first evaluated task-stage iteration at which validation accuracy is at least ``target``."""
+    return next((it for it, acc in zip(curve["iteration"], curve["val_acc"]) if acc >= target), None)
+
+
+def summarize(folder: Path, target: float | None) -> dict:
+    curves = member_curves(folder)
+    finals = [c["val_acc"][-1] for c in curves]
+    reached = [first_reaching(c, target) for c in curves] if target is not None else []
+    return {
+        "students": len(curves),
+        "mean": statistics.mean(finals),
+        "std": statistics.stdev(finals) if len(finals) > 1 else float("nan"),
+        "finals": finals,
+        "stage1_wall_s": curves[0]["stage1_wall_s"],
+        "stage2_wall_s": statistics.mean(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves),
+        "reached": reached,
+    }
+
+
+def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
+    """Tables (mean +/- std per arm) and figures for every budget whose runs are finished."""
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for budget in budgets:
+        done = {a: run_dir(out, budget, a) for a in arms if (run_dir(out, budget, a) / "summary.json").exists()}
+        if not done:
+            continue
+        scratch = done.get("scratch")
+        target = summarize(scratch, None)["mean"] if scratch else None
+        rows = []
+        for arm, folder in done.items():
+            s = summarize(folder, target)
+            rows.append([arm, s["students"], f"{s['mean']:.2f} ± {s['std']:.2f}",
+                         " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
+                         round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
+        header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
+                  "task-stage wall per student (s)", "task-stage its to scratch's final mean"]
+        plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
+        sections.append(f"### Budget {budget}\n\n{markdown_table(header, rows)}\n\n![budget {budget}]"
+                        f"(figures/{plot.name})\n")
+    text = "# Fast-optimization study: results\n\n" + "\n".join(sections)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _reached_text(reached: list, budget: int) -> str:
+    if not reached:
+        return "-"
+    return " / ".join("-" if r is None else str(r) for r in reached)
+
+
+def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
+    """Mean validation accuracy over the students against task-stage iterations and against wall time
+    (stage 1 included); the band spans the students' minimum to maximum."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for arm, folder in folders.items():
+        curves = member_curves(folder)
+        length = min(len(c["val_acc"]) for c in curves)
+        accs = [[c["val_acc"][i] for c in curves] for i in range(length)]
+        mean = [statistics.mean(a) for a in accs]
+        for ax, x in ((axes[0], curves[0]["iteration"][:length]),
+                      (axes[1], [statistics.mean(c["wall_s"][i] for c in curves) for i in range(length)])):
+            line, = ax.plot(x, mean, marker=".", label=arm)
+            ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
+    axes[0].set_xlabel("task-stage iterations (stage 1 not counted)")
+    axes[1].set_xlabel("training wall time per student (s, stage 1 included)")
+    for ax in axes:
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+

@@ -1,0 +1,74 @@
+"""The fast-optimization study's options and driver: normalised FSP, recipes, arm overrides, a tiny study."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fspkd.config import RunConfig, Schedule
+from fspkd.engine import train
+from fspkd.errors import FspkdError
+from fspkd.fsp import fsp_loss, fsp_matrix
+from fspkd.methods.fsp import unit_matrices
+from fspkd.recipes import fsp_recipe
+from fspkd.study import arm_config, member_curves, run_study, summarize
+
+
+def test_unit_matrices_have_unit_norm_and_make_the_loss_blind_to_feature_scale():
+    torch.manual_seed(0)
+    a, b, c = torch.randn(3, 4, 6, 6), torch.randn(3, 5, 6, 6), torch.randn(3, 5, 6, 6)
+    g = unit_matrices([fsp_matrix(a, b)])[0]
+    torch.testing.assert_close(g.flatten(1).norm(dim=1), torch.ones(3))
+    teacher = unit_matrices([fsp_matrix(a, c)])
+    loss = fsp_loss(unit_matrices([fsp_matrix(a, b)]), teacher)
+    scaled = fsp_loss(unit_matrices([fsp_matrix(3 * a, 5 * b)]), teacher)
+    torch.testing.assert_close(loss, scaled)
+    assert not torch.allclose(fsp_loss([fsp_matrix(a, b)], [fsp_matrix(a, c)]),
+                              fsp_loss([fsp_matrix(3 * a, 5 * b)], [fsp_matrix(a, c)]))
+
+
+def test_fsp_normalize_is_validated():
+    with pytest.raises(FspkdError, match="fsp_normalize"):
+        RunConfig(fsp_normalize="l2").validate()
+
+
+def test_paper_recipe_is_algorithm_1_with_equal_stages():
+    paper = fsp_recipe("paper", 400)
+    assert paper["stage1"] == Schedule(iterations=400, lr=1e-3, milestones=[200, 300])
+    assert paper["train"] == Schedule(iterations=400, lr=0.1, milestones=[200, 300])
+    assert (paper["fsp_lambda"], paper["fsp_normalize"], paper["fsp_first"]) == (0.01, "none", "before")
+    with pytest.raises(FspkdError, match="unknown FSP recipe 'fastest'"):
+        fsp_recipe("fastest", 400)
+
+
+def test_arm_overrides_reach_the_schedules_and_bad_ones_are_named():
+    config = arm_config("fsp-paper:stage1.optimizer=adam,train.lr=0.02,fsp_first=after", 100, RunConfig())
+    assert (config.stage1.optimizer, config.train.lr, config.fsp_first) == ("adam", 0.02, "after")
+    assert config.train.milestones == [50, 75]
+    assert arm_config("scratch", 100, RunConfig(teacher="t.pt")).teacher is None
+    for arm, words in (("fsp-paper:stage1.speed=2", "stage1.speed"), ("scratch:stage1.lr=1", "stage1.lr"),
+                       ("fsp-paper:colour=red", "colour"), ("fsp-paper:lr", "KEY=VALUE"), ("dream", "dream")):
+        with pytest.raises(FspkdError, match=words):
+            arm_config(arm, 100, RunConfig())
+
+
+def test_a_tiny_study_trains_every_arm_and_reports_each_student(tmp_path):
+    base = RunConfig(data="synthetic:320,100", model="resnet8", batch_size=32, val_split=0.1)
+    teacher = tmp_path / "teacher"
+    train(dataclasses.replace(base, train=Schedule(iterations=6, lr=0.05)), teacher, progress=False)
+    base = dataclasses.replace(base, teacher=str(teacher), students=2)
+    report = run_study(tmp_path / "study", ["scratch", "fsp-paper", "kd"], [4], base, progress=False)
+    assert "| fsp-paper | 2 |" in report and "| scratch | 2 |" in report and "| kd | 2 |" in report
+    assert (tmp_path / "study" / "figures" / "study-b4.png").stat().st_size > 0
+    curves = member_curves(tmp_path / "study" / "b4" / "fsp-paper")
+    assert len(curves) == 2 and curves[0]["stage1_wall_s"] > 0
+    for curve in curves:
+        assert curve["iteration"] == [1, 2, 3, 4]
+        assert curve["stage1_wall_s"] < curve["wall_s"][0] < curve["wall_s"][-1]
+    # each student's clock = the shared stage 1 + its own task stage: together they make up the run's total
+    total = json.loads((tmp_path / "study" / "b4" / "fsp-paper" / "summary.json").read_text())["total_wall_s"]
+    own = sum(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves)
+    assert own + curves[0]["stage1_wall_s"] == pytest.approx(total, rel=1e-3)
+    summary = summarize(tmp_path / "study" / "b4" / "scratch", target=0.0)
+    assert summary["reached"] == [1, 1] and summary["stage1_wall_s"] == 0.0
