@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
+from fspkd.cli import DEFAULT_FSP_RECIPE, build_parser, config_from_args
 from fspkd.config import RunConfig, Schedule
 from fspkd.engine import train
 from fspkd.errors import FspkdError
 from fspkd.fsp import fsp_loss, fsp_matrix
 from fspkd.methods.fsp import unit_matrices
-from fspkd.recipes import fsp_recipe
+from fspkd.recipes import FSP_RECIPES, apply_recipe
 from fspkd.study import arm_config, member_curves, run_study, summarize
 
 
@@ -33,13 +34,30 @@ def test_fsp_normalize_is_validated():
         RunConfig(fsp_normalize="l2").validate()
 
 
-def test_paper_recipe_is_algorithm_1_with_equal_stages():
-    paper = fsp_recipe("paper", 400)
-    assert paper["stage1"] == Schedule(iterations=400, lr=1e-3, milestones=[200, 300])
-    assert paper["train"] == Schedule(iterations=400, lr=0.1, milestones=[200, 300])
-    assert (paper["fsp_lambda"], paper["fsp_normalize"], paper["fsp_first"]) == (0.01, "none", "before")
+def distill_config(*flags, config_file=None):
+    argv = ["distill", "--out", "x", "--teacher", "t.pt", *flags]
+    return config_from_args(build_parser().parse_args(argv + (["--config", str(config_file)] if config_file else [])))
+
+
+def test_paper_recipe_is_algorithm_1_and_one_flag_away_from_any_default():
+    paper = distill_config("--fsp-recipe", "paper", "--iterations", "400", "--stage1-iterations", "400")
+    assert paper.stage1 == Schedule(iterations=400, lr=1e-3, milestones=[200, 300])
+    assert paper.train == Schedule(iterations=400, lr=0.1, milestones=[200, 300])
+    assert (paper.fsp_lambda, paper.fsp_normalize, paper.fsp_first) == (0.01, "none", "before")
+    assert distill_config() == distill_config("--fsp-recipe", DEFAULT_FSP_RECIPE)
     with pytest.raises(FspkdError, match="unknown FSP recipe 'fastest'"):
-        fsp_recipe("fastest", 400)
+        apply_recipe(RunConfig(), "fastest")
+
+
+@pytest.mark.parametrize("recipe", sorted(FSP_RECIPES))
+def test_flags_and_config_files_override_a_recipe(recipe, tmp_path):
+    config = distill_config("--fsp-recipe", recipe, "--stage1-lr", "0.5", "--fsp-first", "after")
+    assert (config.stage1.lr, config.fsp_first) == (0.5, "after")
+    assert config.stage1.optimizer == FSP_RECIPES[recipe]["stage1.optimizer"]
+    (tmp_path / "run.yaml").write_text(f"fsp_recipe: {recipe}\nfsp_normalize: frobenius\ntrain: {{lr: 0.03}}\n")
+    config = distill_config(config_file=tmp_path / "run.yaml")
+    assert (config.fsp_normalize, config.train.lr) == ("frobenius", 0.03)
+    assert config.fsp_lambda == FSP_RECIPES[recipe]["fsp_lambda"]
 
 
 def test_arm_overrides_reach_the_schedules_and_bad_ones_are_named():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import RunConfig, Schedule, load_yaml
 from .errors import FspkdError
+from .recipes import FSP_RECIPES, apply_recipe
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -46,6 +47,7 @@ DISTILL_FLAGS = {
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
     "--fitnet-hints": ("fitnet_hints", int, "1 hint in the middle (default) or 3, one per section"),
 }
+DEFAULT_FSP_RECIPE = "paper"  # what `fspkd distill --method fsp` uses without --fsp-recipe
 PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
                 "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
 
@@ -79,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(append ':input' for a module's input)", default=argparse.SUPPRESS)
     distill.add_argument("--teacher-fsp-pairs", help="the teacher's pairs when its module names differ",
                          default=argparse.SUPPRESS)
+    distill.add_argument("--fsp-recipe", choices=sorted(FSP_RECIPES), default=argparse.SUPPRESS,
+                         help=f"FSP settings by name (default {DEFAULT_FSP_RECIPE!r}): 'paper' = Algorithm 1 as "
+                         "printed, 'fast' = the best setting of docs/fast-optimization-study.md; flags override it")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -151,6 +156,8 @@ def _add_schedule_flags(parser, prefix: str, what: str) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults, then the --config file, then the flags given."""
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    file_data = dict(data)
+    data.pop("fsp_recipe", None)  # a recipe name may stand in a config file too; it is resolved below
     given = vars(args)
     for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
         dest = flag[2:].replace("-", "_")
@@ -169,7 +176,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     config.train = _schedule_from_args(config.train, given, "")
     if config.method in PAPER_STAGE1 or config.stage1 is not None:
         config.stage1 = _schedule_from_args(config.stage1 or PAPER_STAGE1[config.method], given, "stage1_")
+    if config.method == "fsp":
+        recipe = given.get("fsp_recipe", file_data.get("fsp_recipe", DEFAULT_FSP_RECIPE))
+        config = apply_recipe(config, recipe, keep=_explicit_keys(file_data, given))
     return config
+
+
+def _explicit_keys(file_data: dict, given: dict) -> set[str]:
+    """Settings named in the config file or by a flag, as RunConfig keys and 'stage1.lr'-style schedule keys."""
+    keys = set(file_data)
+    for stage in ("stage1", "train"):
+        keys |= {f"{stage}.{k}" for k in (file_data.get(stage) or {})}
+        prefix = "stage1_" if stage == "stage1" else ""
+        keys |= {f"{stage}.{name.replace('-', '_')}" for name in SCHEDULE_FLAGS
+                 if f"{prefix}{name}".replace("-", "_") in given}
+    keys |= {key for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items() if flag[2:].replace("-", "_") in given}
+    return keys
 
 
 def _schedule_from_args(schedule: Schedule, given: dict, prefix: str) -> Schedule:

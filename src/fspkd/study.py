@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import RunConfig, Schedule  # noqa: E402
 from .errors import FspkdError  # noqa: E402
-from .recipes import fsp_recipe, paper_shape  # noqa: E402
+from .recipes import apply_recipe, paper_shape  # noqa: E402
 from .report import markdown_table  # noqa: E402
 from .runlog import read_metrics  # noqa: E402
 
@@ -39,10 +39,11 @@ def base_arm(name: str, budget: int) -> dict:
     if name == "fitnet":  # the paper's hint stage: lr 1e-4, / 10 at 25k of 35k iterations
         return {"method": "fitnet", "train": paper_shape(budget, 0.1),
                 "stage1": Schedule(iterations=budget, lr=1e-4, milestones=[round(budget * 25 / 35)])}
-    if name == "fsp-paper":
-        return {"method": "fsp", **fsp_recipe("paper", budget)}
-    if name == "fsp-best":
-        return {"method": "fsp", **fsp_recipe("fast", budget)}
+    if name in ("fsp-paper", "fsp-best"):  # both stages equally long, as the paper's 21k + 21k
+        config = RunConfig(method="fsp", stage1=paper_shape(budget, 1e-3), train=paper_shape(budget, 0.1))
+        config = apply_recipe(config, "paper" if name == "fsp-paper" else "fast")
+        return {k: getattr(config, k) for k in ("method", "stage1", "train", "fsp_lambda", "fsp_normalize",
+                                                 "fsp_first")}
     raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}")
 
 
