@@ -88,5 +88,6 @@ def test_a_tiny_study_trains_every_arm_and_reports_each_student(tmp_path):
     total = json.loads((tmp_path / "study" / "b4" / "fsp-paper" / "summary.json").read_text())["total_wall_s"]
     own = sum(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves)
     assert own + curves[0]["stage1_wall_s"] == pytest.approx(total, rel=1e-3)
+    assert "| fsp-paper | after stage 1 |" in report  # where stage 1 ended, pair by pair
     summary = summarize(tmp_path / "study" / "b4" / "scratch", target=0.0)
     assert summary["reached"] == [1, 1] and summary["stage1_wall_s"] == 0.0

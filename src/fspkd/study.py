@@ -12,6 +12,7 @@ An arm is a base name, optionally followed by overrides: ``fsp-paper:stage1.opti
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import RunConfig, Schedule  # noqa: E402
+from .config import RunConfig, Schedule, load_yaml  # noqa: E402
 from .errors import FspkdError  # noqa: E402
 from .recipes import apply_recipe, paper_shape  # noqa: E402
 from .report import markdown_table  # noqa: E402
@@ -167,10 +168,32 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
                   "task-stage wall per student (s)", "task-stage its to scratch's final mean"]
         plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
         sections.append(f"### Budget {budget}\n\n{markdown_table(header, rows)}\n\n![budget {budget}]"
-                        f"(figures/{plot.name})\n")
+                        f"(figures/{plot.name})\n\n{_distance_table(done)}")
     text = "# Fast-optimization study: results\n\n" + "\n".join(sections)
     (out / "report.md").write_text(text)
     return text
+
+
+def _distance_table(done: dict[str, Path]) -> str:
+    """Where each FSP arm's stage 1 ended, pair by pair, beside a fresh initialisation (cached per run)."""
+    rows = []
+    for arm, folder in done.items():
+        stage1 = folder / "checkpoints" / "stage1.pt"
+        config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
+        if config.method != "fsp" or not stage1.exists():
+            continue
+        cache = folder / "stage1-distances.json"
+        if not cache.exists():
+            cache.write_text(json.dumps({"fresh": fsp_distances(config, None), "stage1": fsp_distances(config, stage1)}))
+        measured = json.loads(cache.read_text())
+        for label in ("fresh", "stage1"):
+            rows.append([arm, "fresh init" if label == "fresh" else "after stage 1"]
+                        + [f"{r['relative']:.2f} ({r['eq2_term']:.3g})" for r in measured[label]])
+    if not rows:
+        return ""
+    header = ["arm", "student"] + [f"pair {i + 1}" for i in range(len(rows[0]) - 2)]
+    return ("FSP distance to the teacher per pair, relative ||G_s - G_t|| / ||G_t|| (raw Eq. 2 term, lambda 1), "
+            "500 validation images:\n\n" + markdown_table(header, rows) + "\n")
 
 
 def _reached_text(reached: list, budget: int) -> str:
@@ -203,3 +226,41 @@ def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
     plt.close(fig)
     return path
 
+
+
+# -- what stage 1 reached ------------------------------------------------------------------------------------------
+def fsp_distances(config: RunConfig, student_weights: Path | None, images: int = 500) -> list[dict]:
+    """Per FSP pair, on the first ``images`` validation images, with the student's BatchNorm on batch statistics
+    as in stage 1: the Eq. 2 term with lambda = 1, and the relative distance ||G_s - G_t||_F / ||G_t||_F (batch
+    mean; 1.0 is as far as a zero matrix).
+
+    ``student_weights`` is a checkpoint of ours (e.g. ``checkpoints/stage1.pt``); None measures a fresh
+    initialisation of seed ``config.seed``.
+    """
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset, parse_normalize
+    from .engine import build_model, load_teacher
+    from .methods.fsp import FSP
+
+    splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed, image_size=config.image_size)
+    mean, std = parse_normalize(config.normalize, splits)
+    x = splits.val.images[:images].float() / 255
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.manual_seed(config.seed)
+    student = build_model(config.model, config.model_options, splits.num_classes)
+    if student_weights is not None:
+        student.load_state_dict(load_checkpoint(student_weights)["model"])
+    method = FSP(student.train(), load_teacher(config, splits.num_classes, "cpu"), config)
+    try:
+        with torch.no_grad():
+            student_g, teacher_g = method.student_matrices(x), method.teacher_matrices(x)
+    finally:
+        method.close()
+    rows = []
+    for (first, second), gs, gt in zip(method.student_pairs, student_g, teacher_g):
+        diff = (gs - gt).flatten(1)
+        rows.append({"pair": f"{first} -> {second}", "eq2_term": float(diff.pow(2).sum(1).mean()),
+                     "relative": float((diff.norm(dim=1) / gt.flatten(1).norm(dim=1)).mean())})
+    return rows
