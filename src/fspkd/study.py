@@ -188,11 +188,11 @@ def _distance_table(done: dict[str, Path]) -> str:
         measured = json.loads(cache.read_text())
         for label in ("fresh", "stage1"):
             rows.append([arm, "fresh init" if label == "fresh" else "after stage 1"]
-                        + [f"{r['relative']:.2f} ({r['eq2_term']:.3g})" for r in measured[label]])
+                        + [f"{r['relative']:.2f} / {r['cosine']:.3f}" for r in measured[label]])
     if not rows:
         return ""
     header = ["arm", "student"] + [f"pair {i + 1}" for i in range(len(rows[0]) - 2)]
-    return ("FSP distance to the teacher per pair, relative ||G_s - G_t|| / ||G_t|| (raw Eq. 2 term, lambda 1), "
+    return ("FSP matrices against the teacher's per pair, relative distance ||G_s - G_t|| / ||G_t|| / cosine, "
             "500 validation images:\n\n" + markdown_table(header, rows) + "\n")
 
 
@@ -232,7 +232,7 @@ def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
 def fsp_distances(config: RunConfig, student_weights: Path | None, images: int = 500) -> list[dict]:
     """Per FSP pair, on the first ``images`` validation images, with the student's BatchNorm on batch statistics
     as in stage 1: the Eq. 2 term with lambda = 1, and the relative distance ||G_s - G_t||_F / ||G_t||_F (batch
-    mean; 1.0 is as far as a zero matrix).
+    mean; 1.0 is as far as a zero matrix) and the cosine between the two matrices (batch mean; scale-free).
 
     ``student_weights`` is a checkpoint of ours (e.g. ``checkpoints/stage1.pt``); None measures a fresh
     initialisation of seed ``config.seed``.
@@ -262,5 +262,24 @@ def fsp_distances(config: RunConfig, student_weights: Path | None, images: int =
     for (first, second), gs, gt in zip(method.student_pairs, student_g, teacher_g):
         diff = (gs - gt).flatten(1)
         rows.append({"pair": f"{first} -> {second}", "eq2_term": float(diff.pow(2).sum(1).mean()),
-                     "relative": float((diff.norm(dim=1) / gt.flatten(1).norm(dim=1)).mean())})
+                     "relative": float((diff.norm(dim=1) / gt.flatten(1).norm(dim=1)).mean()),
+                     "cosine": float(torch.nn.functional.cosine_similarity(gs.flatten(1), gt.flatten(1)).mean())})
     return rows
+
+
+def plot_stage1(folders: dict[str, Path], path: Path) -> Path:
+    """Stage-1 FSP loss against iterations, each run's curve divided by its first logged value (the raw and the
+    normalised losses live on different scales), log scale."""
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    for label, folder in folders.items():
+        rows = [r for r in read_metrics(folder / "metrics.csv") if r["stage"] == "stage1" and r["member"] == 0]
+        if rows:
+            ax.plot([r["iteration"] for r in rows], [r["fsp_loss"] / rows[0]["fsp_loss"] for r in rows], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("stage-1 iterations")
+    ax.set_ylabel("FSP loss / first logged value (iteration 20)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
