@@ -161,7 +161,8 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         rows = []
         for arm, folder in done.items():
             s = summarize(folder, target)
-            rows.append([arm, s["students"], f"{s['mean']:.2f} ± {s['std']:.2f}",
+            spread = f"{s['mean']:.2f} ± {s['std']:.2f}" if s["students"] > 1 else f"{s['mean']:.2f}"
+            rows.append([arm, s["students"], spread,
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
                          round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
