@@ -170,6 +170,10 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
         sections.append(f"### Budget {budget}\n\n{markdown_table(header, rows)}\n\n![budget {budget}]"
                         f"(figures/{plot.name})\n\n{_distance_table(done)}")
+        fsp_runs = {a: f for a, f in done.items() if a.startswith("fsp")}
+        if fsp_runs:
+            loss_plot = plot_stage1(fsp_runs, figures / f"stage1-b{budget}.png")
+            sections.append(f"![stage-1 FSP loss, budget {budget}](figures/{loss_plot.name})\n")
     text = "# Fast-optimization study: results\n\n" + "\n".join(sections)
     (out / "report.md").write_text(text)
     return text
