@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fspkd.cli import DEFAULT_FSP_RECIPE, build_parser, config_from_args
+from fspkd.checkpoint import load_checkpoint
 from fspkd.config import RunConfig, Schedule
 from fspkd.engine import train
 from fspkd.errors import FspkdError
@@ -91,3 +92,20 @@ def test_a_tiny_study_trains_every_arm_and_reports_each_student(tmp_path):
     assert "| fsp-paper | after stage 1 |" in report  # where stage 1 ended, pair by pair
     summary = summarize(tmp_path / "study" / "b4" / "scratch", target=0.0)
     assert summary["reached"] == [1, 1] and summary["stage1_wall_s"] == 0.0
+
+
+def test_init_starts_a_run_from_a_stage1_checkpoint(tmp_path):
+    base = RunConfig(data="synthetic:320,100", model="resnet8", batch_size=32, val_split=0.1, eval_every=3,
+                     train=Schedule(iterations=3, lr=0.05))
+    train(dataclasses.replace(base, model="resnet14"), tmp_path / "teacher", progress=False)
+    fsp = dataclasses.replace(base, method="fsp", teacher=str(tmp_path / "teacher"),
+                              stage1=Schedule(iterations=3, lr=1e-3))
+    train(fsp, tmp_path / "fsp", progress=False)
+    stage1 = load_checkpoint(tmp_path / "fsp" / "checkpoints" / "stage1.pt")["model"]
+    still = Schedule(iterations=2, lr=1e-12, weight_decay=0.0)  # steps too small to move the weights
+    for run, init in (("from-stage1", tmp_path / "fsp" / "checkpoints" / "stage1.pt"), ("fresh", None)):
+        config = dataclasses.replace(base, train=still, students=2, init=str(init) if init else None)
+        train(config, tmp_path / run, progress=False)
+        for final in ("final-1.pt", "final-2.pt"):
+            weights = load_checkpoint(tmp_path / run / final)["model"]
+            assert torch.allclose(weights["conv1.weight"], stage1["conv1.weight"], atol=1e-9) == (init is not None)

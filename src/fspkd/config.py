@@ -67,6 +67,7 @@ class RunConfig:
     stage1: Schedule | None = None  # FSP / FitNet-hint stage; None for single-stage methods
     train: Schedule = field(default_factory=Schedule)  # the task stage (stage 2 of two-stage methods)
     students: int = 1  # stage-2 students trained from one stage 1
+    init: str | None = None  # start the student from these weights (one of our checkpoints, e.g. an FSP stage1.pt)
     # FSP
     fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
     fsp_first: str = "before"  # section start taken before or after the down-sampling block

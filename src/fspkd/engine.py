@@ -109,6 +109,7 @@ class Run:
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
+        self._load_init()
         if config.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
         teacher = load_teacher(config, self.splits.num_classes, ctx.device) if config.teacher else None
@@ -168,9 +169,15 @@ class Run:
             torch.manual_seed(self.config.seed + member)
             fresh = build_model(self.config.model, self.config.model_options, self.splits.num_classes)
             self.student.load_state_dict(fresh.state_dict())
+            self._load_init()
         else:
             stage1 = load_checkpoint(self.out / "checkpoints" / f"{self.method.stages[0]}.pt")
             self.student.load_state_dict(stage1["model"])
+
+    def _load_init(self) -> None:
+        """Start the student from ``config.init`` (e.g. an FSP ``checkpoints/stage1.pt``) instead of a fresh init."""
+        if self.config.init:
+            self.student.load_state_dict(load_checkpoint(self.config.init)["model"])
 
     # -- one stage ------------------------------------------------------------------------------------------
     def _train_stage(self, member: int, stage: str, start_iteration: int, saved: dict | None) -> None:

@@ -87,7 +87,7 @@ def _literal(text: str):
 
 
 def run_dir(out: Path, budget: int, arm: str) -> Path:
-    return out / f"b{budget}" / arm.replace(":", "--").replace(",", "-").replace("=", "")
+    return out / f"b{budget}" / arm.replace(":", "--").replace(",", "-").replace("=", "").replace("/", "_")
 
 
 def run_study(out: Path, arms: list[str], budgets: list[int], base: RunConfig, progress: bool = True) -> str:
