@@ -109,3 +109,7 @@ def test_init_starts_a_run_from_a_stage1_checkpoint(tmp_path):
         for final in ("final-1.pt", "final-2.pt"):
             weights = load_checkpoint(tmp_path / run / final)["model"]
             assert torch.allclose(weights["conv1.weight"], stage1["conv1.weight"], atol=1e-9) == (init is not None)
+    # a run started from a stage-1 checkpoint is charged that stage 1's time
+    charged = [c["stage1_wall_s"] for c in member_curves(tmp_path / "from-stage1")]
+    assert charged == [member_curves(tmp_path / "fsp")[0]["stage1_wall_s"]] * 2 and charged[0] > 0
+    assert [c["stage1_wall_s"] for c in member_curves(tmp_path / "fresh")] == [0.0, 0.0]

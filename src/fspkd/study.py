@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .config import RunConfig, Schedule, load_yaml  # noqa: E402
 from .errors import FspkdError  # noqa: E402
+from .methods import get_method  # noqa: E402
 from .recipes import apply_recipe, paper_shape  # noqa: E402
 from .report import markdown_table  # noqa: E402
 from .runlog import read_metrics  # noqa: E402
@@ -108,15 +109,23 @@ def member_curves(folder: Path) -> list[dict]:
     """Per student: task-stage iterations, wall seconds (its stage 1 included) and validation accuracy.
 
     ``metrics.csv`` counts wall time over the whole run; a later student's clock is restarted at the end of the
-    previous student and the shared stage 1's time is added to every student, as each needed it.
+    previous student and the shared stage 1's time is added to every student, as each needed it. A run started
+    (``init``) from another run's ``checkpoints/stage1.pt`` is charged that run's stage-1 time.
     """
     rows = read_metrics(folder / "metrics.csv")
-    final_stage = rows[-1]["stage"]
-    stage1_wall = max((r["wall_s"] for r in rows if r["stage"] != final_stage), default=0.0)
-    curves, start = [], stage1_wall
+    config = RunConfig.from_dict(load_yaml(folder / "config.yaml"))
+    final_stage = get_method(config.method).stages[-1]
+    own_stage1_wall = max((r["wall_s"] for r in rows if r["stage"] != final_stage), default=0.0)
+    stage1_wall = own_stage1_wall
+    if config.init and Path(config.init).parent.name == "checkpoints":  # started from another run's stage 1
+        source = read_metrics(Path(config.init).parent.parent / "metrics.csv")
+        stage1_wall = max((r["wall_s"] for r in source if r["stage"] == "stage1"), default=0.0)
+    curves, start = [], own_stage1_wall
     for member in sorted({r["member"] for r in rows}):
         mine = [r for r in rows if r["member"] == member and r["stage"] == final_stage]
         evals = [r for r in mine if r["val_acc"] is not None]
+        if not evals or evals[-1]["iteration"] < config.train.iterations:
+            break  # a student still training (or interrupted): only finished students are reported
         curves.append({
             "iteration": [r["iteration"] for r in evals],
             "wall_s": [r["wall_s"] - start + stage1_wall for r in evals],
@@ -148,12 +157,14 @@ def summarize(folder: Path, target: float | None) -> dict:
 
 
 def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
-    """Tables (mean +/- std per arm) and figures for every budget whose runs are finished."""
+    """Tables (mean +/- std per arm) and figures from the students that finished (a run still going counts the
+    students it has finished, marked "k of n")."""
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
     for budget in budgets:
-        done = {a: run_dir(out, budget, a) for a in arms if (run_dir(out, budget, a) / "summary.json").exists()}
+        done = {a: run_dir(out, budget, a) for a in arms
+                if (run_dir(out, budget, a) / "metrics.csv").exists() and member_curves(run_dir(out, budget, a))}
         if not done:
             continue
         scratch = done.get("scratch")
@@ -162,7 +173,9 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         for arm, folder in done.items():
             s = summarize(folder, target)
             spread = f"{s['mean']:.2f} ± {s['std']:.2f}" if s["students"] > 1 else f"{s['mean']:.2f}"
-            rows.append([arm, s["students"], spread,
+            planned = RunConfig.from_dict(load_yaml(folder / "config.yaml")).students
+            count = s["students"] if s["students"] == planned else f"{s['students']} of {planned}"
+            rows.append([arm, count, spread,
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
                          round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
