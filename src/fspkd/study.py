@@ -87,6 +87,20 @@ def _literal(text: str):
     return text
 
 
+def arm_label(arm: str) -> str:
+    """A short name for tables and plots: ``scratch:init=.../fsp-best/checkpoints/stage1.pt,train.lr=0.02`` reads
+    ``fsp-best stage 1 + train.lr=0.02``."""
+    name, _, overrides = arm.partition(":")
+    items = [i for i in overrides.split(",") if i]
+    inits = [i for i in items if i.startswith("init=")]
+    if not inits:
+        return arm
+    source = Path(inits[0][len("init="):])
+    rest = [i for i in items if not i.startswith("init=")]
+    head = f"{source.parent.parent.name} stage 1" if source.parent.name == "checkpoints" else f"init {source.name}"
+    return " + ".join([head] + rest)
+
+
 def run_dir(out: Path, budget: int, arm: str) -> Path:
     return out / f"b{budget}" / arm.replace(":", "--").replace(",", "-").replace("=", "").replace("/", "_")
 
@@ -175,7 +189,7 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
             spread = f"{s['mean']:.2f} ± {s['std']:.2f}" if s["students"] > 1 else f"{s['mean']:.2f}"
             planned = RunConfig.from_dict(load_yaml(folder / "config.yaml")).students
             count = s["students"] if s["students"] == planned else f"{s['students']} of {planned}"
-            rows.append([arm, count, spread,
+            rows.append([arm_label(arm), count, spread,
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
                          round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
@@ -231,7 +245,7 @@ def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
         mean = [statistics.mean(a) for a in accs]
         for ax, x in ((axes[0], curves[0]["iteration"][:length]),
                       (axes[1], [statistics.mean(c["wall_s"][i] for c in curves) for i in range(length)])):
-            line, = ax.plot(x, mean, marker=".", label=arm)
+            line, = ax.plot(x, mean, marker=".", label=arm_label(arm))
             ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("task-stage iterations (stage 1 not counted)")
     axes[1].set_xlabel("training wall time per student (s, stage 1 included)")
