@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import RunConfig, Schedule, load_yaml
 from .errors import FspkdError
+from .fsp_recipes import FSP_RECIPES, apply_recipe
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -42,6 +43,8 @@ DISTILL_FLAGS = {
     "--students": ("students", int, "stage-2 students trained from one stage 1 (default 1)"),
     "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
     "--fsp-first": ("fsp_first", str, "section start taken 'before' (default) or 'after' its down-sampling block"),
+    "--fsp-normalize": ("fsp_normalize", str, "none (the paper's raw matrices) | frobenius (unit-norm matrices "
+                        "per sample); default: the recipe's"),
     "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
     "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),
@@ -49,6 +52,7 @@ DISTILL_FLAGS = {
     "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
     "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
+DEFAULT_FSP_RECIPE = "fast"  # what `fspkd distill --method fsp` uses without --fsp-recipe (paper: the literal one)
 PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
                 "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
 
@@ -98,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "instead of running the teacher")
     distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
+    distill.add_argument("--fsp-recipe", choices=sorted(FSP_RECIPES), default=argparse.SUPPRESS,
+                         help=f"FSP settings by name (default {DEFAULT_FSP_RECIPE!r}): 'paper' = Algorithm 1 as "
+                         "printed (SGD stage 1, raw matrices, stage-2 lr 0.1); 'fast' = Adam stage 1 on unit-norm "
+                         "matrices, stage-2 lr 0.02, the best setting of docs/fast-optimization-study.md (measured "
+                         "at 500 + 500 iterations); flags override it")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -136,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu")
     bench.set_defaults(handler=_bench)
     _add_reproduce(sub)
+    study = sub.add_parser("study", help="the fast-optimization study (docs/fast-optimization-study.md): "
+                           "scratch, FSP (paper / best), KD and FitNet students at equal task-stage budgets")
+    study.add_argument("--out", default="runs/study", help="output folder (default runs/study); rerun to resume")
+    study.add_argument("--data", default="cifar10:../shared/data/cifar10-train-jpg.tar.gz", help="data spec")
+    study.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (default 0.1)")
+    study.add_argument("--normalize", default="imagenet", help="input normalisation of every arm (the teacher's)")
+    study.add_argument("--teacher", default="../shared/weights/resnet20-12fca82f.th", help="teacher checkpoint")
+    study.add_argument("--teacher-model", default="resnet20", help="the teacher's architecture")
+    study.add_argument("--model", default="resnet20", help="the students' architecture")
+    study.add_argument("--budgets", default="500", help="comma-separated task-stage iterations (default 500)")
+    study.add_argument("--arms", help="arms separated by ';', each a base arm (scratch, fsp-paper, fsp-best, kd, "
+                       "fitnet) optionally followed by :key=value,... overrides (default: the five base arms)")
+    study.add_argument("--students", type=int, default=3, help="students per arm (default 3)")
+    study.add_argument("--seed", type=int, default=0, help="seed of the split and of the first student")
+    study.add_argument("--report-only", action="store_true", help="rebuild report.md from finished runs")
+    study.add_argument("--quiet", action="store_true", help="no progress output")
+    study.set_defaults(handler=_study)
     models = sub.add_parser("models", help="list the model names")
     models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
     return parser
@@ -176,6 +202,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         data = load_yaml(saved)
     else:
         data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    file_data = dict(data)
+    data.pop("fsp_recipe", None)  # a recipe name may stand in a config file too; it is resolved below
     given = vars(args)
     for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
         dest = flag[2:].replace("-", "_")
@@ -194,7 +222,22 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     config.train = _schedule_from_args(config.train, given, "")
     if config.method in PAPER_STAGE1 or config.stage1 is not None:
         config.stage1 = _schedule_from_args(config.stage1 or PAPER_STAGE1[config.method], given, "stage1_")
+    if config.method == "fsp":
+        recipe = given.get("fsp_recipe", file_data.get("fsp_recipe", DEFAULT_FSP_RECIPE))
+        config = apply_recipe(config, recipe, keep=_explicit_keys(file_data, given))
     return config
+
+
+def _explicit_keys(file_data: dict, given: dict) -> set[str]:
+    """Settings named in the config file or by a flag, as RunConfig keys and 'stage1.lr'-style schedule keys."""
+    keys = set(file_data)
+    for stage in ("stage1", "train"):
+        keys |= {f"{stage}.{k}" for k in (file_data.get(stage) or {})}
+        prefix = "stage1_" if stage == "stage1" else ""
+        keys |= {f"{stage}.{name.replace('-', '_')}" for name in SCHEDULE_FLAGS
+                 if f"{prefix}{name}".replace("-", "_") in given}
+    keys |= {key for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items() if flag[2:].replace("-", "_") in given}
+    return keys
 
 
 def _schedule_from_args(schedule: Schedule, given: dict, prefix: str) -> Schedule:
@@ -377,6 +420,17 @@ def _reproduce(args) -> int:
     if results["failures"]:
         print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
         return 1
+def _study(args) -> int:
+    from .study import BASE_ARMS, run_study, write_report
+
+    arms = [a for a in args.arms.split(";") if a] if args.arms else list(BASE_ARMS)
+    budgets = [int(b) for b in args.budgets.split(",") if b]
+    base = RunConfig(data=args.data, val_split=args.val_split, normalize=args.normalize, teacher=args.teacher,
+                     teacher_model=args.teacher_model, model=args.model, students=args.students, seed=args.seed)
+    if args.report_only:
+        print(write_report(Path(args.out), arms, budgets))
+    else:
+        print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet))
     return 0
 
 

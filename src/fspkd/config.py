@@ -67,9 +67,11 @@ class RunConfig:
     stage1: Schedule | None = None  # FSP / FitNet-hint stage; None for single-stage methods
     train: Schedule = field(default_factory=Schedule)  # the task stage (stage 2 of two-stage methods)
     students: int = 1  # stage-2 students trained from one stage 1
+    init: str | None = None  # start the student from these weights (one of our checkpoints, e.g. an FSP stage1.pt)
     # FSP
     fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
     fsp_first: str = "before"  # section start taken before or after the down-sampling block
+    fsp_normalize: str = "none"  # none (the paper's raw Eq. 1) | frobenius (each matrix scaled to unit norm)
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
@@ -103,6 +105,8 @@ class RunConfig:
             raise FspkdError(f"batch_size {self.batch_size} must divide evenly into micro_batches {self.micro_batches}")
         if self.fsp_first not in ("before", "after"):
             raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
+        if self.fsp_normalize not in ("none", "frobenius"):
+            raise FspkdError(f"fsp_normalize must be 'none' or 'frobenius', got {self.fsp_normalize!r}")
         if self.fitnet_hints not in (1, 3):
             raise FspkdError(f"fitnet_hints must be 1 or 3, got {self.fitnet_hints}")
         if self.stored_fsp_views < 1 or self.stored_fsp_dtype not in ("float16", "float32"):

@@ -151,6 +151,7 @@ class Run:
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)
+        self._load_init()
         if ctx.distributed and ctx.device.type == "cuda" and config.sync_bn:  # gloo has no SyncBatchNorm
             self.student = nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         if config.precision == "fp16" and ctx.device.type != "cuda":
@@ -221,9 +222,15 @@ class Run:
             torch.manual_seed(self.config.seed + member)
             fresh = build_model(self.config.model, self.config.model_options, self.splits.num_classes)
             self.student.load_state_dict(fresh.state_dict())
+            self._load_init()
         else:
             stage1 = load_checkpoint(self.out / "checkpoints" / f"{self.method.stages[0]}.pt")
             self.student.load_state_dict(stage1["model"])
+
+    def _load_init(self) -> None:
+        """Start the student from ``config.init`` (e.g. an FSP ``checkpoints/stage1.pt``) instead of a fresh init."""
+        if self.config.init:
+            self.student.load_state_dict(load_checkpoint(self.config.init)["model"])
 
     # -- one stage ------------------------------------------------------------------------------------------
     def _train_stage(self, member: int, stage: str, start_iteration: int, saved: dict | None) -> None:

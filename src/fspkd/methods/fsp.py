@@ -115,6 +115,8 @@ class FSP(Method):
             return super().step(stage, images, labels, progress)
         student_g = self.student_matrices(images)
         teacher_g = self._targets(images)
+        if self.config.fsp_normalize == "frobenius":
+            student_g, teacher_g = unit_matrices(student_g), unit_matrices(teacher_g)
         loss = fsp_loss(student_g, teacher_g, self.config.fsp_lambda)
         return {"loss": loss, "logits": None, "parts": {"fsp_loss": loss}}
 
@@ -149,3 +151,16 @@ def _unique(pairs):
 def _matrices(taps, pairs):
     features = taps.features
     return [fsp_matrix(features[a], features[b]) for a, b in pairs]
+
+
+# -- study options (issue 8, docs/fast-optimization-study.md) ---------------------------------------------------
+
+
+def unit_matrices(matrices):
+    """Each sample's FSP matrix divided by its Frobenius norm (``fsp_normalize: frobenius``).
+
+    The paper's raw Eq. 1 matrices grow with the feature magnitudes (the loss starts near 4e4 on CIFAR ResNets),
+    so the stage-1 learning rate depends on the scale of the activations; unit matrices make every pair's term
+    lie in [0, 4] and leave only the direction of the flow to be matched.
+    """
+    return [g / g.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None] for g in matrices]
