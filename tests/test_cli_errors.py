@@ -170,7 +170,7 @@ def test_an_existing_run_is_refused_or_resumed_never_overwritten(capsys, earlier
 
 def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(capsys, earlier, tmp_path):
     argv = ["distill", "--teacher", str(earlier), "--model", "resnet8", "--stage1-iterations", "60",
-            "--stage1-lr", "10", "--fsp-lambda", "1", "--out", str(tmp_path / "boom"), *TINY]
+            "--stage1-lr", "10", "--fsp-lambda", "1", "--fsp-recipe", "paper", "--out", str(tmp_path / "boom"), *TINY]
     fails_cleanly(capsys, argv, earlier, r"non-finite loss at iteration \d+ of stage1 \(term fsp_loss: (nan|inf)\);"
                   r" the last good checkpoint .*last\.pt is kept", starts_run=True)
     kept = load_checkpoint(tmp_path / "boom" / "checkpoints" / "last.pt")
