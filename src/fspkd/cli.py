@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .config import RunConfig, Schedule, load_yaml
 from .errors import FspkdError
-from .fsp_recipes import FSP_RECIPES, apply_recipe
+from .fsp_recipes import DEFAULT_FSP_RECIPE, FSP_RECIPES, apply_recipe
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -52,7 +52,6 @@ DISTILL_FLAGS = {
     "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
     "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
-DEFAULT_FSP_RECIPE = "fast"  # what `fspkd distill --method fsp` uses without --fsp-recipe (paper: the literal one)
 PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
                 "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
 

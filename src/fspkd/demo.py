@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config import RunConfig, Schedule
 from .engine import train
+from .fsp_recipes import DEFAULT_FSP_RECIPE, apply_recipe
 from .report import markdown_table, plot_training_curves
 
 # Budgets (iterations at batch 128) sized for about 4 minutes on 2 CPU cores; --scale multiplies them all.
@@ -34,7 +35,8 @@ def demo_configs(scale: float = 1.0) -> dict[str, RunConfig]:
     return {
         "teacher": teacher,
         "scratch": dataclasses.replace(student, method="plain", teacher=None),
-        "fsp": dataclasses.replace(student, method="fsp", stage1=schedule(STAGE1_ITERATIONS, 0.001)),
+        "fsp": apply_recipe(dataclasses.replace(student, method="fsp", stage1=schedule(STAGE1_ITERATIONS, 0.001)),
+                            DEFAULT_FSP_RECIPE),
         "fitnet": dataclasses.replace(student, method="fitnet", stage1=schedule(STAGE1_ITERATIONS, 1e-4)),
         "kd": dataclasses.replace(student, method="kd"),
     }
@@ -69,7 +71,7 @@ def _report(table: str, scale: float) -> str:
 
 Built-in synthetic data (10 classes, 32x32, generated from a seed), teacher {TEACHER}, students {STUDENT}.
 Every student gets the same task-stage budget; FSP and FitNet first run their stage 1 (counted in iterations and
-train time). Scale {scale:g}: a demonstration of the pipeline, not a reproduction of the paper's numbers.
+train time). FSP uses the tool's default recipe ({DEFAULT_FSP_RECIPE!r}, see docs/fast-optimization-study.md). Scale {scale:g}: a demonstration of the pipeline, not a reproduction of the paper's numbers.
 
 {table}
 

@@ -14,6 +14,8 @@ from typing import Any
 from .config import RunConfig, Schedule
 from .errors import FspkdError
 
+DEFAULT_FSP_RECIPE = "fast"  # what `fspkd distill --method fsp` and the demo use; "paper" is the literal one
+
 FSP_RECIPES: dict[str, dict[str, Any]] = {
     # Algorithm 1 as printed: SGD stage 1 at lr 1e-3 with lambda 0.01 (see RunConfig.fsp_lambda), raw Eq. 1
     # matrices, section start before the down-sampling block, stage 2 at lr 0.1
