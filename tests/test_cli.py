@@ -85,3 +85,13 @@ def test_resume_needs_only_the_output_folder_and_refuses_changed_settings(teache
     assert main(["train", *TINY, "--model", "resnet14", "--iterations", "8", "--out", str(teacher)]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert (teacher / "summary.json").read_text() == before
+
+
+def test_stage1_defaults_keep_the_papers_proportions_to_the_task_stage():
+    fsp = config_from_args(build_parser().parse_args(["distill", "--out", "x", "--iterations", "2100"]))
+    assert (fsp.stage1.iterations, fsp.stage1.milestones) == (2100, [1100, 1600])  # 21k, 11k, 16k of the paper
+    fitnet = config_from_args(build_parser().parse_args(["distill", "--out", "x", "--method", "fitnet",
+                                                         "--iterations", "2100"]))
+    assert (fitnet.stage1.iterations, fitnet.stage1.milestones, fitnet.stage1.lr) == (3500, [2500], 1e-4)
+    plain = config_from_args(build_parser().parse_args(["train", "--out", "x"]))
+    assert (plain.train.iterations, plain.train.milestones) == (1000, [500, 750])

@@ -52,8 +52,9 @@ DISTILL_FLAGS = {
     "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
     "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
-PAPER_STAGE1 = {"fsp": Schedule(iterations=21000, lr=0.001, milestones=[11000, 16000]),
-                "fitnet": Schedule(iterations=35000, lr=1e-4, milestones=[25000])}
+# Stage 1 as the paper shapes it, relative to the task stage: (length ratio, lr, milestones as fractions of stage 1).
+# FSP: 21k iterations, lr / 10 at 11k and 16k, as long as stage 2; FitNet hints: 35k, lr / 10 at 25k, against 21k.
+PAPER_STAGE1 = {"fsp": (1.0, 1e-3, [11 / 21, 16 / 21]), "fitnet": (35 / 21, 1e-4, [25 / 35])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +221,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     config = RunConfig.from_dict(data, where=str(saved or args.config or "configuration"))
     config.train = _schedule_from_args(config.train, given, "")
     if config.method in PAPER_STAGE1 or config.stage1 is not None:
-        config.stage1 = _schedule_from_args(config.stage1 or PAPER_STAGE1[config.method], given, "stage1_")
+        config.stage1 = _schedule_from_args(config.stage1 or _paper_stage1(config), given, "stage1_")
     if config.method == "fsp":
         recipe = given.get("fsp_recipe", file_data.get("fsp_recipe", DEFAULT_FSP_RECIPE))
         config = apply_recipe(config, recipe, keep=_explicit_keys(file_data, given))
@@ -237,6 +238,12 @@ def _explicit_keys(file_data: dict, given: dict) -> set[str]:
                  if f"{prefix}{name}".replace("-", "_") in given}
     keys |= {key for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items() if flag[2:].replace("-", "_") in given}
     return keys
+
+
+def _paper_stage1(config: RunConfig) -> Schedule:
+    ratio, lr, fractions = PAPER_STAGE1[config.method]
+    iterations = max(1, round(ratio * config.train.iterations))
+    return Schedule(iterations=iterations, lr=lr, milestones=[round(f * iterations) for f in fractions])
 
 
 def _schedule_from_args(schedule: Schedule, given: dict, prefix: str) -> Schedule:

@@ -65,7 +65,8 @@ class RunConfig:
     teacher_model: str | None = None  # teacher architecture; defaults to the one stored in our checkpoints
     teacher_options: dict[str, Any] = field(default_factory=dict)
     stage1: Schedule | None = None  # FSP / FitNet-hint stage; None for single-stage methods
-    train: Schedule = field(default_factory=Schedule)  # the task stage (stage 2 of two-stage methods)
+    # the task stage (stage 2 of two-stage methods): 1,000 CPU-sized iterations with the paper's shape
+    train: Schedule = field(default_factory=lambda: Schedule(iterations=1000, milestones=[500, 750]))
     students: int = 1  # stage-2 students trained from one stage 1
     init: str | None = None  # start the student from these weights (one of our checkpoints, e.g. an FSP stage1.pt)
     # FSP
