@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import RunConfig, Schedule, load_yaml
+from .config import RunConfig, Schedule, load_yaml, parse_value
 from .errors import FspkdError
 from .fsp_recipes import DEFAULT_FSP_RECIPE, FSP_RECIPES, apply_recipe
 
@@ -271,17 +271,8 @@ def _merge_options(data: dict, key: str, items: list[str]) -> None:
         name, sep, value = item.partition("=")
         if not sep:
             raise FspkdError(f"model options are KEY=VALUE, got {item!r}")
-        options[name] = _literal(value)
+        options[name] = parse_value(value)
     data[key] = options
-
-
-def _literal(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def _run(args, config: RunConfig) -> int:

@@ -153,6 +153,16 @@ def _refuse_unknown(data: dict[str, Any], cls: type, where: str) -> None:
             raise FspkdError(f"unknown key {key!r} in {where}{hint}")
 
 
+def parse_value(text: str):
+    """A KEY=VALUE value from the command line: an int, a float, true/false, or else the string itself."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for a missing file or bad YAML."""
     path = Path(path)

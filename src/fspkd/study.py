@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import RunConfig, Schedule, load_yaml  # noqa: E402
+from .config import RunConfig, Schedule, load_yaml, parse_value  # noqa: E402
 from .errors import FspkdError  # noqa: E402
 from .methods import get_method  # noqa: E402
 from .fsp_recipes import apply_recipe, paper_shape  # noqa: E402
@@ -60,7 +60,7 @@ def arm_config(arm: str, budget: int, base: RunConfig) -> RunConfig:
         key, sep, value = item.partition("=")
         if not sep:
             raise FspkdError(f"arm {arm!r}: override {item!r} is not KEY=VALUE")
-        config = _override(config, key, _literal(value), arm)
+        config = _override(config, key, parse_value(value), arm)
     return config.validate()
 
 
@@ -76,15 +76,6 @@ def _override(config: RunConfig, key: str, value, arm: str) -> RunConfig:
     if key not in {f.name for f in dataclasses.fields(RunConfig)}:
         raise FspkdError(f"arm {arm!r}: no run setting {key!r}")
     return dataclasses.replace(config, **{key: value})
-
-
-def _literal(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def arm_label(arm: str) -> str:
