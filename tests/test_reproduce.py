@@ -104,9 +104,9 @@ def test_results_json_matches_report_timing(fast_cifar10):
     timing = results["timing"]
     assert timing["normal_s_per_100_it"] == summary(out, "teacher")["stages"]["train"]["s_per_100_it"]
     assert timing["stage1_live_s_per_100_it"] == summary(out, "student")["stages"]["stage1"]["s_per_100_it"]
-    assert timing["stage1_stored_s_per_100_it"] is None  # a slot, not an invented number
+    assert timing["stage1_stored_s_per_100_it"] is None  # no run used stored FSP: a note, not an invented number
     report = (out / "report.md").read_text()
-    assert "stored teacher FSP" in report and "not measured" in report
+    assert "stored teacher FSP" in report and "--set stored_fsp=true" in report
     teacher_hours = results["rows"][0]["hours"]
     for row in results["rows"][1:]:
         assert row["speedup_over_teacher"] == pytest.approx(teacher_hours / row["hours"])
@@ -133,6 +133,14 @@ def test_other_cifar_experiments(experiment, tmp_path):
     check_against_summaries(results, tmp_path)
     expected = 3 if load_recipe(experiment).layout == "three" else 1
     assert all(len(r["nets"]) == expected for r in results["rows"])
+
+
+def test_stored_fsp_runs_fill_the_stored_timing_slot(tmp_path):
+    results = reproduce_cli("small-cifar10", tmp_path, "--data", DATA, "--set", "stored_fsp=true")
+    timing = results["timing"]
+    assert timing["stage1_stored_run"] == "fsp" and timing["stage1_live_s_per_100_it"] is None
+    assert timing["stage1_stored_s_per_100_it"] == summary(tmp_path, "fsp")["stages"]["stage1"]["s_per_100_it"]
+    assert "every FSP run used --set stored_fsp=true" in (tmp_path / "report.md").read_text()
 
 
 def test_a_diverged_run_is_reported_and_the_others_finish(tmp_path, capsys):
