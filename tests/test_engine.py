@@ -9,6 +9,7 @@ import torch
 
 from fspkd.checkpoint import load_checkpoint
 from fspkd.config import RunConfig, Schedule
+from fspkd import engine
 from fspkd.engine import NonFiniteLoss, train
 from fspkd.errors import FspkdError
 
@@ -57,15 +58,24 @@ def test_two_stage_methods_run_stage1_then_the_task(method, teacher_dir, tmp_pat
     assert (tmp_path / method / "checkpoints" / "stage1.pt").exists()
 
 
-def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teacher_dir, tmp_path):
+def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teacher_dir, tmp_path, monkeypatch):
+    loaded = []
+    original_load_teacher = engine.load_teacher
+
+    def keep_the_teacher(*args):
+        loaded.append(original_load_teacher(*args))
+        return loaded[-1]
+
+    monkeypatch.setattr(engine, "load_teacher", keep_the_teacher)
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=12, lr=1e-3),
                   fsp_lambda=0.01)
     train(config, tmp_path / "fsp", progress=False)
     losses = [float(r["fsp_loss"]) for r in read_rows(tmp_path / "fsp" / "metrics.csv") if r["fsp_loss"]]
     assert losses[-1] < losses[0]
-    teacher = load_checkpoint(teacher_dir / "final.pt")["model"]
-    again = load_checkpoint(teacher_dir / "final.pt")["model"]
-    assert all(torch.equal(teacher[k], again[k]) for k in teacher)  # the teacher file is untouched
+    # the teacher the run used still holds the file's weights and BN statistics: frozen, in eval mode
+    on_disk = load_checkpoint(teacher_dir / "final.pt")["model"]
+    used = loaded[0].state_dict()
+    assert all(torch.equal(on_disk[k], used[k]) for k in on_disk) and not loaded[0].training
 
 
 def test_kd_and_copy_run(teacher_dir, tmp_path):

@@ -236,7 +236,6 @@ class Run:
     def _train_stage(self, member: int, stage: str, start_iteration: int, saved: dict | None) -> None:
         schedule = self.method.schedule(stage)
         stage_index = self.method.stages.index(stage)
-        self.method.begin_stage(stage)
         self.student.train()
         optimizer = make_optimizer(schedule, self.method.parameters(stage))
         loader = self._loader(seed=self.config.seed + 1000 * member + stage_index)
@@ -281,7 +280,6 @@ class Run:
                 self._checkpoint(position, optimizer, loader)
         bar.close()
         self.method.student_forward = self.student
-        self.method.end_stage(stage)
 
     def _forward_backward(self, stage: str, iteration: int, images, labels, schedule: Schedule, scaler) -> dict:
         """Loss and averaged gradients of this rank's share of one global batch, taken in
@@ -375,16 +373,18 @@ class Run:
         return row
 
     def _evaluate_row(self) -> dict:
-        row = {}
-        for name, images in (("val_acc", self.splits.val), ("test_acc", self.splits.test)):
-            if images is not None:
-                probs, labels = self._predict(images)
-                row[name] = accuracy(probs, labels, self.ctx)
-        return row
+        return {f"{split}_acc": acc for split, (acc, _, _) in self._held_out_predictions().items()}
 
-    def _predict(self, images):
-        return predict(self.student, images, self.mean, self.std, batch_size=self.config.eval_batch_size,
-                       ctx=self.ctx, channels_last=self.config.channels_last)
+    def _held_out_predictions(self) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+        """Accuracy, softmax probabilities and labels of the student on each held-out split ('val', 'test')."""
+        results = {}
+        for split, images in (("val", self.splits.val), ("test", self.splits.test)):
+            if images is not None:
+                probs, labels = predict(self.student, images, self.mean, self.std, ctx=self.ctx,
+                                        batch_size=self.config.eval_batch_size,
+                                        channels_last=self.config.channels_last)
+                results[split] = (accuracy(probs, labels, self.ctx), probs, labels)
+        return results
 
     def _weights_payload(self) -> dict:
         return {
@@ -452,11 +452,8 @@ class Run:
 
     def _evaluate_member(self, member: int) -> dict:
         result = {"weights": self._final_name(member)}
-        for key, images in (("val", self.splits.val), ("test", self.splits.test)):
-            if images is not None:
-                probs, labels = self._predict(images)
-                result[f"{key}_acc"] = accuracy(probs, labels, self.ctx)
-                result[f"{key}_probs"], result[f"{key}_labels"] = probs, labels
+        for split, (acc, probs, labels) in self._held_out_predictions().items():
+            result[f"{split}_acc"], result[f"{split}_probs"], result[f"{split}_labels"] = acc, probs, labels
         return result
 
     def _write_summary(self, members: list[dict]) -> dict:

@@ -58,14 +58,8 @@ class Method:
     def check(self, example: torch.Tensor) -> None:
         """Validate the set-up on one example batch before training (shapes, channel widths)."""
 
-    def begin_stage(self, stage: str) -> None:
-        """Called before the first step of ``stage`` (also when resuming into it)."""
-
     def bind_loader(self, stage: str, loader) -> None:
         """Called with the training loader of ``stage`` before its first batch (stored FSP targets use it)."""
-
-    def end_stage(self, stage: str) -> None:
-        """Called after the last step of ``stage``."""
 
     def step(self, stage: str, images: torch.Tensor, labels: torch.Tensor, progress: float) -> StepOutput:
         """Loss of one batch; ``progress`` runs from 0 to 1 over the stage (for annealed weights)."""

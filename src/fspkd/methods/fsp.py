@@ -55,7 +55,7 @@ class FSP(Method):
             self.student.eval()
             student_g = self.student_matrices(example[:2])
             self.student.train(was_training)
-            teacher_g = self.teacher_matrices(example[:2])
+            teacher_g = self.live_teacher_matrices(example[:2])
         bad = [
             f"pair {i + 1} ({s_pair[0]} -> {s_pair[1]}): student {tuple(gs.shape[1:])}, teacher {tuple(gt.shape[1:])}"
             for i, (s_pair, gs, gt) in enumerate(zip(self.student_pairs, student_g, teacher_g))
@@ -78,11 +78,6 @@ class FSP(Method):
         self.student_forward(images)
         return _matrices(self.student_taps, self.student_pairs)
 
-    def teacher_matrices(self, images):
-        """The targets of ``images``: the live teacher's FSP matrices, channel-shuffled if configured."""
-        matrices = self.live_teacher_matrices(images)
-        return self.shuffle(matrices) if self.shuffle is not None else matrices
-
     @torch.inference_mode()
     def live_teacher_matrices(self, images):
         """The teacher's own FSP matrices: one forward pass, no graph."""
@@ -104,17 +99,20 @@ class FSP(Method):
             views=self.config.stored_fsp_views, dtype=self.config.stored_fsp_dtype,
         )
 
-    def _targets(self, images):
+    def teacher_matrices(self, images):
+        """The stage-1 targets of ``images``: the teacher's FSP matrices (live or stored), channel-shuffled if
+        configured."""
         if self.stored_targets is None:
-            return [g.clone() for g in self.teacher_matrices(images)]  # out of inference mode for autograd
-        matrices = self.stored_targets(images)
+            matrices = [g.clone() for g in self.live_teacher_matrices(images)]  # out of inference mode for autograd
+        else:
+            matrices = self.stored_targets(images)
         return self.shuffle(matrices) if self.shuffle is not None else matrices
 
     def step(self, stage, images, labels, progress):
         if stage == "stage2":
             return super().step(stage, images, labels, progress)
         student_g = self.student_matrices(images)
-        teacher_g = self._targets(images)
+        teacher_g = self.teacher_matrices(images)
         if self.config.fsp_normalize == "frobenius":
             student_g, teacher_g = unit_matrices(student_g), unit_matrices(teacher_g)
         loss = fsp_loss(student_g, teacher_g, self.config.fsp_lambda)
