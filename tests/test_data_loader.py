@@ -139,17 +139,20 @@ def test_flip_and_crop_offsets_all_occur(data):
     assert len(offsets) == 25 and flips == {False, True}
 
 
-def test_shifted_crops_match_reference():
+@pytest.mark.parametrize("pad", [3, 8])  # 8: more padding than image, some windows are all zeros
+def test_shifted_crops_match_reference(pad):
     generator = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (50, 3, 6, 7), dtype=torch.uint8, generator=generator)
-    indices = torch.randint(0, 50, (80,), generator=generator)
-    pad = 3
-    offset_y = torch.randint(0, 7, (80,), generator=generator)
-    offset_x = torch.randint(0, 7, (80,), generator=generator)
+    indices = torch.randint(0, 50, (300,), generator=generator)
+    offset_y = torch.randint(0, 2 * pad + 1, (300,), generator=generator)
+    offset_x = torch.randint(0, 2 * pad + 1, (300,), generator=generator)
+    flips = torch.rand(300, generator=generator) < 0.5
     padded = F.pad(images, (pad,) * 4)
-    expected = torch.stack([padded[i, :, oy:oy + 6, ox:ox + 7]
-                            for i, oy, ox in zip(indices.tolist(), offset_y.tolist(), offset_x.tolist())])
-    assert torch.equal(shifted_crops(images, indices, offset_y, offset_x, pad), expected)
+    crops = [padded[i, :, oy:oy + 6, ox:ox + 7]
+             for i, oy, ox in zip(indices.tolist(), offset_y.tolist(), offset_x.tolist())]
+    assert torch.equal(shifted_crops(images, indices, offset_y, offset_x, pad), torch.stack(crops))
+    mirrored = torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips.tolist())])
+    assert torch.equal(shifted_crops(images, indices, offset_y, offset_x, pad, flips), mirrored)
 
 
 def test_no_augmentation_keeps_images(data):

