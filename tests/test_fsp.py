@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from fspkd.fsp import ChannelShuffle, fsp_loss, fsp_matrix, shuffle_fsp
+from fspkd.fsp import ChannelShuffle, fsp_loss, fsp_matrix, shuffle_fsp, window_max
 
 
 def naive_fsp(a, b):
@@ -28,12 +29,23 @@ def test_fsp_matrix_matches_the_loops_of_eq1():
 def test_larger_map_is_max_pooled_to_the_smaller():
     torch.manual_seed(1)
     big, small = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 4, 4)
-    pooled = torch.nn.functional.max_pool2d(big, 2)
+    pooled = F.max_pool2d(big, 2)
     torch.testing.assert_close(fsp_matrix(big, small).double(), naive_fsp(pooled, small), rtol=1e-5, atol=1e-6)
     # the pooling applies whichever side is larger
     torch.testing.assert_close(
         fsp_matrix(small, big).double(), naive_fsp(small, pooled), rtol=1e-5, atol=1e-6
     )
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (4, 2), (3, 1)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_window_max_equals_max_pool2d(kernel, channels_last):
+    x = torch.randn(3, 4, 12, 8)
+    x[0, 0, :2, :2] = float("nan")  # propagated like max_pool2d
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(window_max(x, *kernel), F.max_pool2d(x, kernel, kernel), equal_nan=True,
+                               rtol=0, atol=0)
 
 
 def test_half_precision_inputs_give_float32():

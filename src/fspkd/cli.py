@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "instead of running the teacher")
     distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
+    distill.add_argument("--fast-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="run the live FSP teacher with BatchNorm folded into its convolutions and, on CPU, "
+                              "channels-last (default on; same matrices up to float rounding)")
     distill.add_argument("--fsp-recipe", choices=sorted(FSP_RECIPES), default=argparse.SUPPRESS,
                          help=f"FSP settings by name (default {DEFAULT_FSP_RECIPE!r}): 'paper' = Algorithm 1 as "
                          "printed (SGD stage 1, raw matrices, stage-2 lr 0.1); 'fast' = Adam stage 1 on unit-norm "
@@ -209,7 +212,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher"):
+    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher", "fast_teacher"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):

@@ -81,6 +81,7 @@ class RunConfig:
     stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
     compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
+    fast_teacher: bool = True  # live FSP teacher with BatchNorm folded, channels-last on CPU (fspkd.fast_teacher)
     # Hinton KD (and FitNet's stage 2)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
