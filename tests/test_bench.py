@@ -7,7 +7,7 @@ import pytest
 from fspkd.cli import main
 
 RATIOS = ("stage1_live_over_plain", "stage1_stored_over_plain", "data_speedup_over_per_image",
-          "data_share_of_step", "fsp_speedup_over_naive")
+          "data_share_of_step", "fsp_speedup_over_naive", "fast_teacher_live_speedup")
 
 
 def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
@@ -19,8 +19,8 @@ def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
     pair = results["resnet14:resnet8"]
     assert set(RATIOS) <= set(pair["ratios"])
     assert all(value > 0 for value in pair["ratios"].values())
-    assert set(pair["ms"]) == {"plain", "stage1_live", "stage1_stored", "fsp_ours", "fsp_naive",
-                                "plain_threads_1"}
+    assert set(pair["ms"]) == {"plain", "stage1_live", "stage1_live_no_fast_teacher", "stage1_stored", "fsp_ours",
+                                "fsp_naive", "plain_threads_1"}
     assert set(pair["peak_mb"]) == set(pair["ms"])
     assert results["settings"]["batch_size"] == 8
     assert "stage1_stored_over_plain" in capsys.readouterr().out

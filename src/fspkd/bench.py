@@ -83,6 +83,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     config = RunConfig(method="fsp", model=student_name)
     plain = Method(copy.deepcopy(student), None, config)
     live = FSP(copy.deepcopy(student), teacher, config)
+    live_as_loaded = FSP(copy.deepcopy(student), teacher, replace(config, fast_teacher=False))
     stored = FSP(copy.deepcopy(student), teacher, config)
     loader = BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -93,6 +94,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
         stored.stored_targets = StoredTargets(targets.store, keys)
         cases = {"plain": _stepper(plain, "train", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
+                 "stage1_live_no_fast_teacher": _stepper(live_as_loaded, "stage1", batches, keys),
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
         variants, extra = _variants(student, teacher, config, batches, keys, stored.stored_targets,
                                     channels_last, compile_teacher)
@@ -101,10 +103,11 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
             cases[f"plain_threads_{count}"] = _with_threads(count, cases["plain"])
         cases.update(_fsp_cases(live, batches[0][0]))
         ms, peak_mb = _measure(cases, repeats, steps)
-    for method in (plain, live, stored):
+    for method in (plain, live, live_as_loaded, stored):
         method.close()
     ratios = {"stage1_live_over_plain": ms["stage1_live"] / ms["plain"],
               "stage1_stored_over_plain": ms["stage1_stored"] / ms["plain"],
+              "fast_teacher_live_speedup": ms["stage1_live_no_fast_teacher"] / ms["stage1_live"],
               "fsp_speedup_over_naive": ms["fsp_naive"] / ms["fsp_ours"]}
     if channels_last:
         ratios["channels_last_plain_speedup"] = ms["plain"] / ms["plain_channels_last"]
