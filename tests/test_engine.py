@@ -78,6 +78,14 @@ def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teac
     assert all(torch.equal(on_disk[k], used[k]) for k in on_disk) and not loaded[0].training
 
 
+def test_fsp_with_pre_relu_taps_and_a_shuffled_teacher(teacher_dir, tmp_path):
+    config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=2, lr=1e-4),
+                  train=Schedule(iterations=2, lr=0.05), fsp_pre_relu=True, shuffle_seed=3)
+    summary = train(config, tmp_path / "pre", progress=False)
+    assert list(summary["stages"]) == ["stage1", "stage2"]
+    assert all(float(r["fsp_loss"]) > 0 for r in read_rows(tmp_path / "pre" / "metrics.csv") if r["stage"] == "stage1")
+
+
 def test_kd_and_copy_run(teacher_dir, tmp_path):
     kd = train(tiny(method="kd", teacher=str(teacher_dir)), tmp_path / "kd", progress=False)
     assert kd["stages"]["train"]["iterations"] == 6

@@ -128,3 +128,23 @@ def test_bad_names_and_options_are_explained():
         create("resnet20", width=0)
     with pytest.raises(FspkdError, match="num_classes"):
         create("resnet20", num_classes=0)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_pre_relu_taps_are_the_block_sums_before_the_final_relu(name):
+    torch.manual_seed(0)
+    model = create(name, num_classes=7).eval()
+    assert model.fsp_pairs(pre_relu=True)[:2] == [
+        ("layer1:input", f"layer1.{len(model.layer1) - 1}.residual"),
+        (f"layer1.{len(model.layer1) - 1}.residual", f"layer2.{len(model.layer2) - 1}.residual"),
+    ]
+    assert model.fsp_pairs("after", pre_relu=True)[0] == ("layer1.0.residual", f"layer1.{len(model.layer1) - 1}.residual")
+    post, pre = model.fsp_pairs(), model.fsp_pairs(pre_relu=True)
+    taps = sorted({t for pair in post + pre for t in pair})
+    with FeatureTaps(model, taps) as feature_taps:
+        model(input_for(name))
+        features = dict(feature_taps.features)
+    for (_, post_tap), (_, pre_tap) in zip(post, pre):
+        assert (features[pre_tap] < 0).any()  # really before the ReLU
+        torch.testing.assert_close(torch.relu(features[pre_tap]), features[post_tap])
+    assert set(model.fsp_permutation_groups(pre_relu=True)) == {t for pair in pre for t in pair}

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "instead of running the teacher")
     distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
+    distill.add_argument("--fsp-pre-relu", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                         help="tap each block's residual sum before its final ReLU instead of the block's output "
+                              "(declared FSP pairs of our ResNets; default off, the paper's block outputs)")
     distill.add_argument("--fast-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="run the live FSP teacher with BatchNorm folded into its convolutions and, on CPU, "
                               "channels-last (default on; same matrices up to float rounding)")
@@ -212,7 +215,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         dest = flag[2:].replace("-", "_")
         if dest in given:
             data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher", "fast_teacher"):
+    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher", "fast_teacher",
+                 "fsp_pre_relu"):
         if flag in given:
             data[flag] = given[flag]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):

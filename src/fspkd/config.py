@@ -72,6 +72,7 @@ class RunConfig:
     # FSP
     fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
     fsp_first: str = "before"  # section start taken before or after the down-sampling block
+    fsp_pre_relu: bool = False  # tap each block's residual sum before its final ReLU instead of its output
     fsp_normalize: str = "none"  # none (the paper's raw Eq. 1) | frobenius (each matrix scaled to unit norm)
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ

@@ -45,7 +45,7 @@ def base_arm(name: str, budget: int) -> dict:
         config = RunConfig(method="fsp", stage1=paper_shape(budget, 1e-3), train=paper_shape(budget, 0.1))
         config = apply_recipe(config, "paper" if name == "fsp-paper" else "fast")
         return {k: getattr(config, k) for k in ("method", "stage1", "train", "fsp_lambda", "fsp_normalize",
-                                                 "fsp_first")}
+                                                 "fsp_first", "fsp_pre_relu")}
     raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}")
 
 

@@ -12,7 +12,7 @@ from ..taps import FeatureTaps, parse_tap
 from .base import Method
 
 
-def declared_pairs(model, explicit, first: str, role: str) -> list[tuple[str, str]]:
+def declared_pairs(model, explicit, first: str, role: str, pre_relu: bool = False) -> list[tuple[str, str]]:
     """FSP tap pairs: the explicit ``[[a, b], ...]`` if given, else those the model declares."""
     if explicit:
         return [tuple(p) for p in explicit]
@@ -20,7 +20,7 @@ def declared_pairs(model, explicit, first: str, role: str) -> list[tuple[str, st
         raise FspkdError(
             f"the {role} model declares no FSP tap points; name them with --fsp-pairs 'a>b,c>d' (module paths)"
         )
-    return [tuple(p) for p in model.fsp_pairs(first)]
+    return [tuple(p) for p in model.fsp_pairs(first, **({"pre_relu": True} if pre_relu else {}))]
 
 
 class FSP(Method):
@@ -33,9 +33,9 @@ class FSP(Method):
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
-        self.student_pairs = declared_pairs(student, config.fsp_pairs, config.fsp_first, "student")
+        self.student_pairs = declared_pairs(student, config.fsp_pairs, config.fsp_first, "student", config.fsp_pre_relu)
         self.teacher_pairs = declared_pairs(
-            teacher, config.teacher_fsp_pairs or config.fsp_pairs, config.fsp_first, "teacher"
+            teacher, config.teacher_fsp_pairs or config.fsp_pairs, config.fsp_first, "teacher", config.fsp_pre_relu
         )
         if len(self.student_pairs) != len(self.teacher_pairs):
             raise FspkdError(
@@ -76,7 +76,9 @@ class FSP(Method):
             channels = {}
             for (first, second), g in zip(self.teacher_pairs, teacher_g):
                 channels[first], channels[second] = g.shape[1], g.shape[2]
-            groups = getattr(self.teacher, "fsp_permutation_groups", lambda first: None)(self.config.fsp_first)
+            groups = None
+            if hasattr(self.teacher, "fsp_permutation_groups"):
+                groups = self.teacher.fsp_permutation_groups(self.config.fsp_first, self.config.fsp_pre_relu)
             self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
 
     def student_matrices(self, images):

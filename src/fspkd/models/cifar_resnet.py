@@ -57,11 +57,12 @@ class BasicBlock(nn.Module):
             self.shortcut = PadShortcut(in_planes, planes)
         else:
             self.shortcut = projection_shortcut(in_planes, planes, stride)
+        self.residual = nn.Identity()  # names the pre-ReLU sum, a tap point (``fsp_pairs(pre_relu=True)``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return F.relu(self.residual(out + self.shortcut(x)))
 
 
 class CifarResNet(SectionedNet):

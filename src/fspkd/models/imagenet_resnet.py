@@ -32,12 +32,13 @@ class BasicBlock(nn.Module):
                 nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
+        self.residual = nn.Identity()  # names the pre-ReLU sum, a tap point (``fsp_pairs(pre_relu=True)``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.residual(out + identity))
 
 
 class ImageNetResNet(SectionedNet):

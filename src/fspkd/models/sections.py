@@ -34,7 +34,7 @@ class SectionedNet(nn.Module):
         """
         return self.section_outputs[len(self.section_outputs) // 2]
 
-    def fsp_pairs(self, first: str = "before") -> list[tuple[str, str]]:
+    def fsp_pairs(self, first: str = "before", pre_relu: bool = False) -> list[tuple[str, str]]:
         """One (first tap, last tap) pair per section, for the FSP matrices G_1..G_K (paper, section 4).
 
         ``first="before"`` (default) takes a section's first map at the section's *input* (``"layer2:input"``, the
@@ -45,24 +45,39 @@ class SectionedNet(nn.Module):
         ends of a section can differ in size only when the first map is taken before the section's down-sampling
         block, so that is the reading under which the paper's pooling ever happens. It gives rectangular matrices
         (e.g. 16 x 32); "after" gives square ones of equal-sized maps.
+
+        ``pre_relu=True`` taps each block's residual sum before its final ReLU (``"layer2.3.residual"``) instead of
+        the block's output; the stem output feeding ``layer1`` has no residual sum and stays as it is.
         """
         sections = self.section_outputs
         if first == "before":
             # a section's input is the previous section's output: one name (and one hook) for one tensor
             starts = [f"{sections[0]}:input"] + sections[:-1]
-            return list(zip(starts, sections))
-        if first == "after":
-            return [(f"{name}.0", name) for name in sections]
-        raise FspkdError(f"fsp_pairs: first must be 'before' or 'after', got {first!r}")
+            pairs = list(zip(starts, sections))
+        elif first == "after":
+            pairs = [(f"{name}.0", name) for name in sections]
+        else:
+            raise FspkdError(f"fsp_pairs: first must be 'before' or 'after', got {first!r}")
+        return [(self._pre_relu(a), self._pre_relu(b)) for a, b in pairs] if pre_relu else pairs
 
-    def fsp_permutation_groups(self, first: str = "before") -> dict[str, str]:
+    def fsp_permutation_groups(self, first: str = "before", pre_relu: bool = False) -> dict[str, str]:
         """Tap -> residual stream, for shuffled FSP: the identity shortcuts carry one channel order through a
         whole section, so the taps of one section can only be permuted together (see ``fsp.ChannelShuffle``)."""
         groups = {}
         for start, end in self.fsp_pairs(first):
             groups[end] = end
             groups.setdefault(start, end if start.startswith(end) else start)
-        return groups
+        return {self._pre_relu(tap): group for tap, group in groups.items()} if pre_relu else groups
+
+    def _pre_relu(self, tap: str) -> str:
+        """The pre-ReLU tap of a block-output tap: ``layer2`` -> its last block's sum, ``layer2.0`` -> ``layer2.0.residual``."""
+        path, takes_input = parse_tap(tap)
+        if takes_input:
+            return tap
+        section, _, block = path.partition(".")
+        if not block:
+            block = str(len(self.get_submodule(section)) - 1)
+        return f"{section}.{block}.residual"
 
     def channels_at(self, spec: str) -> int | None:
         """Channels of a section-level tap (``layerK``, ``layerK.i``, with or without ``:input``), else None."""
