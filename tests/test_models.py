@@ -138,7 +138,8 @@ def test_pre_relu_taps_are_the_block_sums_before_the_final_relu(name):
         ("layer1:input", f"layer1.{len(model.layer1) - 1}.residual"),
         (f"layer1.{len(model.layer1) - 1}.residual", f"layer2.{len(model.layer2) - 1}.residual"),
     ]
-    assert model.fsp_pairs("after", pre_relu=True)[0] == ("layer1.0.residual", f"layer1.{len(model.layer1) - 1}.residual")
+    last_of_layer1 = f"layer1.{len(model.layer1) - 1}.residual"
+    assert model.fsp_pairs("after", pre_relu=True)[0] == ("layer1.0.residual", last_of_layer1)
     post, pre = model.fsp_pairs(), model.fsp_pairs(pre_relu=True)
     taps = sorted({t for pair in post + pre for t in pair})
     with FeatureTaps(model, taps) as feature_taps:

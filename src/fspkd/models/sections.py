@@ -70,7 +70,8 @@ class SectionedNet(nn.Module):
         return {self._pre_relu(tap): group for tap, group in groups.items()} if pre_relu else groups
 
     def _pre_relu(self, tap: str) -> str:
-        """The pre-ReLU tap of a block-output tap: ``layer2`` -> its last block's sum, ``layer2.0`` -> ``layer2.0.residual``."""
+        """The pre-ReLU tap of a block-output tap: ``layer2`` -> its last block's sum (``layer2.2.residual``),
+        ``layer2.0`` -> ``layer2.0.residual``; a section input stays as it is."""
         path, takes_input = parse_tap(tap)
         if takes_input:
             return tap
