@@ -78,14 +78,21 @@ def _override(config: RunConfig, key: str, value, arm: str) -> RunConfig:
     return dataclasses.replace(config, **{key: value})
 
 
+def is_reference_scratch(arm: str) -> bool:
+    """Whether ``arm`` is plain scratch training (overrides of the evaluation interval only): the arm whose final
+    mean accuracy the others are measured against."""
+    name, _, overrides = arm.partition(":")
+    return name == "scratch" and all(i.startswith("eval_every=") for i in overrides.split(",") if i)
+
+
 def arm_label(arm: str) -> str:
     """A short name for tables and plots: ``scratch:init=.../fsp-best/checkpoints/stage1.pt,train.lr=0.02`` reads
-    ``fsp-best stage 1 + train.lr=0.02``."""
+    ``fsp-best stage 1 + train.lr=0.02``; ``eval_every`` overrides, which change no training, are left out."""
     name, _, overrides = arm.partition(":")
-    items = [i for i in overrides.split(",") if i]
+    items = [i for i in overrides.split(",") if i and not i.startswith("eval_every=")]
     inits = [i for i in items if i.startswith("init=")]
     if not inits:
-        return arm
+        return ":".join([name, ",".join(items)]) if items else name
     source = Path(inits[0][len("init="):])
     rest = [i for i in items if not i.startswith("init=")]
     head = f"{source.parent.parent.name} stage 1" if source.parent.name == "checkpoints" else f"init {source.name}"
@@ -172,7 +179,7 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
                 if (run_dir(out, budget, a) / "metrics.csv").exists() and member_curves(run_dir(out, budget, a))}
         if not done:
             continue
-        scratch = done.get("scratch")
+        scratch = next((folder for arm, folder in done.items() if is_reference_scratch(arm)), None)
         target = summarize(scratch, None)["mean"] if scratch else None
         rows = []
         for arm, folder in done.items():
