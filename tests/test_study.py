@@ -14,7 +14,7 @@ from fspkd.errors import FspkdError
 from fspkd.fsp import fsp_loss, fsp_matrix
 from fspkd.methods.fsp import unit_matrices
 from fspkd.fsp_recipes import FSP_RECIPES, apply_recipe
-from fspkd.study import arm_config, arm_label, member_curves, run_study, summarize
+from fspkd.study import arm_config, arm_label, is_reference_scratch, member_curves, run_study, summarize
 
 
 def test_unit_matrices_have_unit_norm_and_make_the_loss_blind_to_feature_scale():
@@ -68,6 +68,9 @@ def test_arm_overrides_reach_the_schedules_and_bad_ones_are_named():
     assert arm_config("scratch", 100, RunConfig(teacher="t.pt")).teacher is None
     assert arm_label("scratch:init=runs/b500/fsp-best/checkpoints/stage1.pt,train.lr=0.02") == \
         "fsp-best stage 1 + train.lr=0.02"
+    assert arm_label("fsp-best:eval_every=100,train.lr=0.005") == "fsp-best:train.lr=0.005"
+    assert [is_reference_scratch(a) for a in ("scratch", "scratch:eval_every=100", "scratch:train.lr=0.02",
+                                              "scratch:init=x.pt", "kd")] == [True, True, False, False, False]
     for arm, words in (("fsp-paper:stage1.speed=2", "stage1.speed"), ("scratch:stage1.lr=1", "stage1.lr"),
                        ("fsp-paper:colour=red", "colour"), ("fsp-paper:lr", "KEY=VALUE"), ("dream", "dream")):
         with pytest.raises(FspkdError, match=words):
