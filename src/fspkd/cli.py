@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--fsp-recipe", choices=sorted(FSP_RECIPES), default=argparse.SUPPRESS,
                          help=f"FSP settings by name (default {DEFAULT_FSP_RECIPE!r}): 'paper' = Algorithm 1 as "
                          "printed (SGD stage 1, raw matrices, stage-2 lr 0.1); 'fast' = Adam stage 1 on unit-norm "
-                         "matrices, stage-2 lr 0.02, the best setting of docs/fast-optimization-study.md (measured "
-                         "at 500 + 500 iterations); flags override it")
+                         "matrices, stage-2 lr 0.005, the best setting of docs/fast-optimization-study.md (measured "
+                         "at 500 and 1,500 iterations); flags override it")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
