@@ -217,7 +217,7 @@ def _distance_table(done: dict[str, Path]) -> str:
             cache.write_text(json.dumps({"fresh": fsp_distances(config, None), "stage1": fsp_distances(config, stage1)}))
         measured = json.loads(cache.read_text())
         for label in ("fresh", "stage1"):
-            rows.append([arm, "fresh init" if label == "fresh" else "after stage 1"]
+            rows.append([arm_label(arm), "fresh init" if label == "fresh" else "after stage 1"]
                         + [f"{r['relative']:.2f} / {r['cosine']:.3f}" for r in measured[label]])
     if not rows:
         return ""
@@ -304,7 +304,7 @@ def plot_stage1(folders: dict[str, Path], path: Path) -> Path:
     for label, folder in folders.items():
         rows = [r for r in read_metrics(folder / "metrics.csv") if r["stage"] == "stage1" and r["member"] == 0]
         if rows:
-            ax.plot([r["iteration"] for r in rows], [r["fsp_loss"] / rows[0]["fsp_loss"] for r in rows], label=label)
+            ax.plot([r["iteration"] for r in rows], [r["fsp_loss"] / rows[0]["fsp_loss"] for r in rows], label=arm_label(label))
     ax.set_yscale("log")
     ax.set_xlabel("stage-1 iterations")
     ax.set_ylabel("FSP loss / first logged value (iteration 20)")
