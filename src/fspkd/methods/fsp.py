@@ -20,7 +20,12 @@ def declared_pairs(model, explicit, first: str, role: str, pre_relu: bool = Fals
         raise FspkdError(
             f"the {role} model declares no FSP tap points; name them with --fsp-pairs 'a>b,c>d' (module paths)"
         )
-    return [tuple(p) for p in model.fsp_pairs(first, **({"pre_relu": True} if pre_relu else {}))]
+    return [tuple(p) for p in model.fsp_pairs(first, **_pre_relu_option(pre_relu))]
+
+
+def _pre_relu_option(pre_relu: bool) -> dict:
+    """Pass ``pre_relu`` only when set, so that models whose tap methods predate the option keep working."""
+    return {"pre_relu": True} if pre_relu else {}
 
 
 class FSP(Method):
@@ -78,7 +83,8 @@ class FSP(Method):
                 channels[first], channels[second] = g.shape[1], g.shape[2]
             groups = None
             if hasattr(self.teacher, "fsp_permutation_groups"):
-                groups = self.teacher.fsp_permutation_groups(self.config.fsp_first, self.config.fsp_pre_relu)
+                groups = self.teacher.fsp_permutation_groups(self.config.fsp_first,
+                                                             **_pre_relu_option(self.config.fsp_pre_relu))
             self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
 
     def student_matrices(self, images):
