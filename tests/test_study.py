@@ -82,7 +82,7 @@ def test_a_tiny_study_trains_every_arm_and_reports_each_student(tmp_path):
     teacher = tmp_path / "teacher"
     train(dataclasses.replace(base, train=Schedule(iterations=6, lr=0.05)), teacher, progress=False)
     base = dataclasses.replace(base, teacher=str(teacher), students=2)
-    report = run_study(tmp_path / "study", ["scratch", "fsp-paper", "kd"], [4], base, progress=False)
+    report = run_study(tmp_path / "study", ["scratch", "fsp-paper", "kd"], [2, 4], base, progress=False)
     assert "| fsp-paper | 2 |" in report and "| scratch | 2 |" in report and "| kd | 2 |" in report
     assert (tmp_path / "study" / "figures" / "study-b4.png").stat().st_size > 0
     curves = member_curves(tmp_path / "study" / "b4" / "fsp-paper")
@@ -95,6 +95,10 @@ def test_a_tiny_study_trains_every_arm_and_reports_each_student(tmp_path):
     own = sum(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves)
     assert own + curves[0]["stage1_wall_s"] == pytest.approx(total, rel=1e-3)
     assert "| fsp-paper | after stage 1 |" in report  # where stage 1 ended, pair by pair
+    # the shorter schedules against scratch's longer one: fsp-paper and kd at 2, nothing against scratch at 2
+    shorter = [line for line in report.split("### Shorter schedules")[1].splitlines() if line.startswith("| ")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in shorter[1:]]  # the header row left out
+    assert [(c[0], c[1], c[4]) for c in cells] == [("fsp-paper", "2", "4"), ("kd", "2", "4")]
     summary = summarize(tmp_path / "study" / "b4" / "scratch", target=0.0)
     assert summary["reached"] == [1, 1] and summary["stage1_wall_s"] == 0.0
 

@@ -184,10 +184,9 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         rows = []
         for arm, folder in done.items():
             s = summarize(folder, target)
-            spread = f"{s['mean']:.2f} ± {s['std']:.2f}" if s["students"] > 1 else f"{s['mean']:.2f}"
             planned = RunConfig.from_dict(load_yaml(folder / "config.yaml")).students
             count = s["students"] if s["students"] == planned else f"{s['students']} of {planned}"
-            rows.append([arm_label(arm), count, spread,
+            rows.append([arm_label(arm), count, _mean_text(s),
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
                          round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
@@ -199,9 +198,44 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         if fsp_runs:
             loss_plot = plot_stage1(fsp_runs, figures / f"stage1-b{budget}.png")
             sections.append(f"![stage-1 FSP loss, budget {budget}](figures/{loss_plot.name})\n")
+    shorter = _shorter_schedules(out, arms, budgets)
+    if shorter:
+        sections.append(shorter)
     text = "# Fast-optimization study: results\n\n" + "\n".join(sections)
     (out / "report.md").write_text(text)
     return text
+
+
+def _shorter_schedules(out: Path, arms: list[str], budgets: list[int]) -> str:
+    """Each arm at a budget against scratch at every longer budget: the paper's "a third of the iterations"
+    compares a student trained on a schedule a third as long (its own decays) with the full-length one."""
+    finished = {(budget, arm): run_dir(out, budget, arm) for budget in budgets for arm in arms
+                if (run_dir(out, budget, arm) / "metrics.csv").exists() and member_curves(run_dir(out, budget, arm))}
+    scratch = {budget: summarize(folder, None) for (budget, arm), folder in finished.items()
+               if is_reference_scratch(arm)}
+    rows = []
+    for (budget, arm), folder in finished.items():
+        if is_reference_scratch(arm):
+            continue
+        s = summarize(folder, None)
+        for longer, reference in sorted(scratch.items()):
+            if longer <= budget:
+                continue
+            at_or_above = sum(final >= reference["mean"] for final in s["finals"])
+            rows.append([arm_label(arm), budget, _mean_text(s), round(s["stage1_wall_s"] + s["stage2_wall_s"]),
+                         longer, _mean_text(reference), round(reference["stage2_wall_s"]),
+                         f"{at_or_above} of {s['students']}"])
+    if not rows:
+        return ""
+    header = ["arm", "task-stage its", "val acc (%)", "wall per student (s, stage 1 incl.)", "scratch its",
+              "scratch val acc (%)", "scratch wall (s)", "students at or above scratch's mean"]
+    return "### Shorter schedules against longer scratch training\n\n" + markdown_table(header, rows) + "\n"
+
+
+def _mean_text(summary: dict) -> str:
+    if summary["students"] > 1:
+        return f"{summary['mean']:.2f} ± {summary['std']:.2f}"
+    return f"{summary['mean']:.2f}"
 
 
 def _distance_table(done: dict[str, Path]) -> str:
