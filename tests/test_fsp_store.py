@@ -102,7 +102,7 @@ def test_a_store_is_invalidated_when_what_it_depends_on_changes(tmp_path, change
     images = make_images()
     bind(make_method(), make_loader(images), tmp_path)
     method = make_method(teacher_seed=7 if change == "teacher" else 0,
-                         fsp_first="after" if change == "pairs" else "before")
+                         fsp_pre_relu=change == "pairs")
     data = images.clone()
     if change == "data":
         data[0, 0, 0, 0] ^= 1

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
+from fspkd.config import RunConfig
 from fspkd.errors import FspkdError
+from fspkd.methods.fsp import FSP
 from fspkd.models import create, list_models
 from fspkd.taps import FeatureTaps
 
@@ -64,6 +66,17 @@ def test_fsp_pairs_of_the_cifar_and_imagenet_families():
     assert create("resnet32").section_outputs == ["layer1", "layer2", "layer3"]
     with pytest.raises(FspkdError, match="'before' or 'after'"):
         resnet34.fsp_pairs("middle")
+
+
+def test_after_becomes_before_for_both_networks_when_one_has_one_block_sections():
+    after = RunConfig(method="fsp", fsp_first="after")
+    same_size = FSP(create("resnet20"), create("resnet20"), after)
+    assert same_size.student_pairs == same_size.teacher_pairs == create("resnet20").fsp_pairs("after")
+    assert not create("resnet14").has_one_block_section and create("resnet8").has_one_block_section
+    # ResNet-8's first blocks are its sections: "after" would pair each with itself
+    minimisation = FSP(create("resnet8"), create("resnet14"), after)
+    assert minimisation.section_start == "before"
+    assert minimisation.student_pairs == minimisation.teacher_pairs == create("resnet8").fsp_pairs("before")
 
 
 def test_paper_teacher_and_student_pairs_have_equal_channels():

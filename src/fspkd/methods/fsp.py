@@ -23,6 +23,16 @@ def declared_pairs(model, explicit, first: str, role: str, pre_relu: bool = Fals
     return [tuple(p) for p in model.fsp_pairs(first, **_pre_relu_option(pre_relu))]
 
 
+def section_start(first: str, *models) -> str:
+    """The section start both networks' pairs use: ``first``, except that "after" (the first block's output)
+    becomes "before" when either network has a section of a single block (ResNet-8). There the first block's
+    output is the section's output: its pair would hold one map twice (a Gram matrix, not a flow), and teacher and
+    student must take their sections' starts alike for their matrices to match."""
+    if first == "after" and any(getattr(model, "has_one_block_section", False) for model in models):
+        return "before"
+    return first
+
+
 def _pre_relu_option(pre_relu: bool) -> dict:
     """Pass ``pre_relu`` only when set, so that models whose tap methods predate the option keep working."""
     return {"pre_relu": True} if pre_relu else {}
@@ -38,10 +48,11 @@ class FSP(Method):
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
-        self.student_pairs = declared_pairs(student, config.fsp_pairs, config.fsp_first, "student", config.fsp_pre_relu)
-        self.teacher_pairs = declared_pairs(
-            teacher, config.teacher_fsp_pairs or config.fsp_pairs, config.fsp_first, "teacher", config.fsp_pre_relu
-        )
+        self.section_start = section_start(config.fsp_first, student, teacher)
+        self.student_pairs = declared_pairs(student, config.fsp_pairs, self.section_start, "student",
+                                            config.fsp_pre_relu)
+        self.teacher_pairs = declared_pairs(teacher, config.teacher_fsp_pairs or config.fsp_pairs, self.section_start,
+                                            "teacher", config.fsp_pre_relu)
         if len(self.student_pairs) != len(self.teacher_pairs):
             raise FspkdError(
                 f"the student has {len(self.student_pairs)} FSP pairs and the teacher {len(self.teacher_pairs)}; "
@@ -83,7 +94,7 @@ class FSP(Method):
                 channels[first], channels[second] = g.shape[1], g.shape[2]
             groups = None
             if hasattr(self.teacher, "fsp_permutation_groups"):
-                groups = self.teacher.fsp_permutation_groups(self.config.fsp_first,
+                groups = self.teacher.fsp_permutation_groups(self.section_start,
                                                              **_pre_relu_option(self.config.fsp_pre_relu))
             self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
 

@@ -34,12 +34,19 @@ class SectionedNet(nn.Module):
         """
         return self.section_outputs[len(self.section_outputs) // 2]
 
+    @property
+    def has_one_block_section(self) -> bool:
+        """Whether a section is a single block, whose output is the section's output (ResNet-8)."""
+        return any(len(self.get_submodule(name)) == 1 for name in self.section_outputs)
+
     def fsp_pairs(self, first: str = "before", pre_relu: bool = False) -> list[tuple[str, str]]:
         """One (first tap, last tap) pair per section, for the FSP matrices G_1..G_K (paper, section 4).
 
         ``first="before"`` (default) takes a section's first map at the section's *input* (``"layer2:input"``, the
         previous section's output, before the down-sampling block); ``first="after"`` takes it at the first block's
-        output (``"layer2.0"``). The second map is always the section's output (``"layer2"``).
+        output (``"layer2.0"``). The second map is always the section's output (``"layer2"``). In a section of one
+        block "after" pairs that block's output with itself; the FSP method then takes "before" for both networks
+        (``methods.fsp.section_start``).
 
         "before" is the default because the paper max-pools the larger map to the smaller one: in a ResNet the two
         ends of a section can differ in size only when the first map is taken before the section's down-sampling
