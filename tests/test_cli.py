@@ -5,6 +5,8 @@ import json
 import pytest
 
 from fspkd.cli import build_parser, config_from_args, main
+from fspkd.config import load_yaml
+from fspkd.fsp_recipes import DEFAULT_FSP_RECIPE, FSP_RECIPES
 from fspkd.runlog import read_metrics
 
 TINY = ["--data", "synthetic:320,100", "--batch-size", "32", "--eval-every", "4", "--quiet"]
@@ -69,7 +71,10 @@ def test_demo_writes_table_report_and_figure(tmp_path, capsys):
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"teacher", "scratch", "fsp", "fitnet", "kd"}
+    assert set(results) == {"teacher", "scratch", "fsp", "fsp-paper", "fitnet", "kd"}
+    recipes = {name: load_yaml(out / name / "config.yaml") for name in ("fsp", "fsp-paper")}
+    assert recipes["fsp-paper"]["fsp_normalize"] == FSP_RECIPES["paper"]["fsp_normalize"]
+    assert recipes["fsp"]["fsp_normalize"] == FSP_RECIPES[DEFAULT_FSP_RECIPE]["fsp_normalize"]
     for name, summary in results.items():
         assert f"| {name} |" in report and f"| {name} |" in printed
         assert summary == json.loads((out / name / "summary.json").read_text())
