@@ -52,8 +52,9 @@ def test_paper_recipe_is_algorithm_1_and_one_flag_away_from_any_default():
 
 @pytest.mark.parametrize("recipe", sorted(FSP_RECIPES))
 def test_flags_and_config_files_override_a_recipe(recipe, tmp_path):
-    config = distill_config("--fsp-recipe", recipe, "--stage1-lr", "0.5", "--fsp-first", "after")
-    assert (config.stage1.lr, config.fsp_first) == (0.5, "after")
+    other_first = "before" if FSP_RECIPES[recipe]["fsp_first"] == "after" else "after"
+    config = distill_config("--fsp-recipe", recipe, "--stage1-lr", "0.5", "--fsp-first", other_first)
+    assert (config.stage1.lr, config.fsp_first) == (0.5, other_first)
     assert config.stage1.optimizer == FSP_RECIPES[recipe]["stage1.optimizer"]
     (tmp_path / "run.yaml").write_text(f"fsp_recipe: {recipe}\nfsp_normalize: frobenius\ntrain: {{lr: 0.03}}\n")
     config = distill_config(config_file=tmp_path / "run.yaml")

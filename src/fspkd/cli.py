@@ -42,7 +42,9 @@ DISTILL_FLAGS = {
     "--teacher-model": ("teacher_model", str, "the teacher's architecture (needed for foreign checkpoints)"),
     "--students": ("students", int, "stage-2 students trained from one stage 1 (default 1)"),
     "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
-    "--fsp-first": ("fsp_first", str, "section start taken 'before' (default) or 'after' its down-sampling block"),
+    "--fsp-first": ("fsp_first", str, "section start taken 'before' or 'after' its down-sampling block; "
+                   "default: the recipe's (paper: before, fast: after; 'after' becomes 'before' "
+                   "when a network has one-block sections, as ResNet-8)"),
     "--fsp-normalize": ("fsp_normalize", str, "none (the paper's raw matrices) | frobenius (unit-norm matrices "
                         "per sample); default: the recipe's"),
     "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
@@ -130,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print machine-readable results")
     evaluate.set_defaults(handler=_eval)
     demo = sub.add_parser("demo", help="the main job on the built-in data in a few minutes: teacher, "
-                          "FSP / scratch / FitNet / KD students, table and report.md with plots")
+                          "scratch / FSP (default and paper recipes) / FitNet / KD students, table and report.md "
+                          "with plots")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count (default 1)")
     demo.set_defaults(handler=_demo)
