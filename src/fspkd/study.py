@@ -174,11 +174,8 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
-    for budget in budgets:
-        done = {a: run_dir(out, budget, a) for a in arms
-                if (run_dir(out, budget, a) / "metrics.csv").exists() and member_curves(run_dir(out, budget, a))}
-        if not done:
-            continue
+    finished = _finished_runs(out, arms, budgets)
+    for budget, done in finished.items():
         scratch = next((folder for arm, folder in done.items() if is_reference_scratch(arm)), None)
         target = summarize(scratch, None)["mean"] if scratch else None
         rows = []
@@ -198,7 +195,7 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
         if fsp_runs:
             loss_plot = plot_stage1(fsp_runs, figures / f"stage1-b{budget}.png")
             sections.append(f"![stage-1 FSP loss, budget {budget}](figures/{loss_plot.name})\n")
-    shorter = _shorter_schedules(out, arms, budgets)
+    shorter = _shorter_schedules(finished)
     if shorter:
         sections.append(shorter)
     text = "# Fast-optimization study: results\n\n" + "\n".join(sections)
@@ -206,30 +203,42 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
     return text
 
 
-def _shorter_schedules(out: Path, arms: list[str], budgets: list[int]) -> str:
+def _finished_runs(out: Path, arms: list[str], budgets: list[int]) -> dict[int, dict[str, Path]]:
+    """Budget -> arm -> run folder, for the runs with at least one finished student."""
+    finished = {}
+    for budget in budgets:
+        done = {arm: run_dir(out, budget, arm) for arm in arms
+                if (run_dir(out, budget, arm) / "metrics.csv").exists() and member_curves(run_dir(out, budget, arm))}
+        if done:
+            finished[budget] = done
+    return finished
+
+
+def _shorter_schedules(finished: dict[int, dict[str, Path]]) -> str:
     """Each arm at a budget against scratch at every longer budget: the paper's "a third of the iterations"
     compares a student trained on a schedule a third as long (its own decays) with the full-length one."""
-    finished = {(budget, arm): run_dir(out, budget, arm) for budget in budgets for arm in arms
-                if (run_dir(out, budget, arm) / "metrics.csv").exists() and member_curves(run_dir(out, budget, arm))}
-    scratch = {budget: summarize(folder, None) for (budget, arm), folder in finished.items()
-               if is_reference_scratch(arm)}
+    scratch = {budget: summarize(folder, None) for budget, done in finished.items()
+               for arm, folder in done.items() if is_reference_scratch(arm)}
     rows = []
-    for (budget, arm), folder in finished.items():
-        if is_reference_scratch(arm):
-            continue
-        s = summarize(folder, None)
-        for longer, reference in sorted(scratch.items()):
-            if longer <= budget:
+    for budget, done in finished.items():
+        for arm, folder in done.items():
+            longer = [(b, reference) for b, reference in sorted(scratch.items()) if b > budget]
+            if is_reference_scratch(arm) or not longer:
                 continue
-            at_or_above = sum(final >= reference["mean"] for final in s["finals"])
-            rows.append([arm_label(arm), budget, _mean_text(s), round(s["stage1_wall_s"] + s["stage2_wall_s"]),
-                         longer, _mean_text(reference), round(reference["stage2_wall_s"]),
-                         f"{at_or_above} of {s['students']}"])
+            s = summarize(folder, None)
+            for longer_budget, reference in longer:
+                rows.append(_shorter_row(arm, budget, s, longer_budget, reference))
     if not rows:
         return ""
     header = ["arm", "task-stage its", "val acc (%)", "wall per student (s, stage 1 incl.)", "scratch its",
               "scratch val acc (%)", "scratch wall (s)", "students at or above scratch's mean"]
     return "### Shorter schedules against longer scratch training\n\n" + markdown_table(header, rows) + "\n"
+
+
+def _shorter_row(arm: str, budget: int, s: dict, longer: int, reference: dict) -> list:
+    at_or_above = sum(final >= reference["mean"] for final in s["finals"])
+    return [arm_label(arm), budget, _mean_text(s), round(s["stage1_wall_s"] + s["stage2_wall_s"]), longer,
+            _mean_text(reference), round(reference["stage2_wall_s"]), f"{at_or_above} of {s['students']}"]
 
 
 def _mean_text(summary: dict) -> str:
