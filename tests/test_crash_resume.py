@@ -81,3 +81,16 @@ def test_a_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
     rows = read_rows(metrics.path)
     assert [row["iteration"] for row in rows] == ["20"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_metrics_file_of_an_older_version_keeps_its_columns_on_resume(tmp_path):
+    from fspkd.runlog import MetricsFile
+
+    old_columns = ["member", "stage", "iteration", "loss", "val_acc"]
+    path = tmp_path / "metrics.csv"
+    path.write_text(",".join(old_columns) + "\n0,train,20,1.5,\n")
+    metrics = MetricsFile(path)
+    metrics.append({"member": 0, "stage": "train", "iteration": 40, "loss": 1.25, "grad_norm": 3.0})
+    metrics.truncate_after(lambda row: True)
+    assert path.read_text().splitlines()[0] == ",".join(old_columns)
+    assert [row["iteration"] for row in read_rows(path)] == ["20", "40"]

@@ -157,3 +157,26 @@ def test_mismatched_fsp_widths_list_both_widths_per_pair(teacher_dir, tmp_path):
                   stage1=Schedule(iterations=2, lr=1e-4))
     with pytest.raises(FspkdError, match=r"pair 1 .*student \(32, 32\), teacher \(16, 16\)"):
         train(config, tmp_path / "bad", progress=False)
+
+
+def test_grad_norm_is_logged_before_clipping_and_clipping_bounds_the_step(tmp_path):
+    """One SGD step (no momentum, no weight decay) with and without clipping: the weights differ by
+    lr * (||g|| - clip), ||g|| being the logged pre-clipping norm."""
+    def one_step(clip):
+        schedule = Schedule(iterations=1, lr=0.1, milestones=[], momentum=0.0, weight_decay=0.0, clip_grad=clip)
+        out = tmp_path / f"clip{clip}"
+        train(tiny(train=schedule, eval_every=1), out, progress=False)
+        row = read_rows(out / "metrics.csv")[-1]
+        return load_checkpoint(out / "final.pt")["model"], float(row["grad_norm"])
+
+    free, norm = one_step(0.0)
+    clipped, norm_clipped = one_step(1e-3)
+    assert norm == pytest.approx(norm_clipped, rel=1e-5) and norm > 1e-3
+    gap = sum(float((free[k].float() - clipped[k].float()).pow(2).sum()) for k in free) ** 0.5
+    assert gap == pytest.approx(0.1 * (norm - 1e-3), rel=1e-3)
+
+
+def test_warmup_ramps_the_learning_rate_linearly():
+    schedule = Schedule(iterations=100, lr=0.1, milestones=[50], warmup=4)
+    assert [schedule.lr_at(i) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert schedule.lr_at(60) == pytest.approx(0.01)

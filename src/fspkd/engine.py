@@ -259,20 +259,21 @@ class Run:
             images, labels = images.to(self.ctx.device, non_blocking=True), labels.to(self.ctx.device)
             optimizer.zero_grad(set_to_none=True)
             output = self._forward_backward(stage, iteration, images, labels, schedule, scaler)
-            if schedule.clip_grad:
+            done = iteration + 1
+            is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
+            is_logged = done % LOG_EVERY == 0 or is_eval
+            if schedule.clip_grad or is_logged:
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(self.method.parameters(stage), schedule.clip_grad)
+                output["grad_norm"] = self._grad_norm(stage, schedule.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             elapsed = time.perf_counter() - started
             self.wall += elapsed
             stats["iterations"] += 1
             stats["wall_s"] += elapsed
-            done = iteration + 1
             bar.update(done, float(output["loss"].detach()), lr)
             position = Position(member, stage_index, done)
-            is_eval = done % self.config.eval_every == 0 or done == schedule.iterations
-            if done % LOG_EVERY == 0 or is_eval:
+            if is_logged:
                 row = self._log(position, stage, lr, output, labels, evaluate=is_eval)
                 if row.get("val_acc") is not None:
                     bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
@@ -280,6 +281,13 @@ class Run:
                 self._checkpoint(position, optimizer, loader)
         bar.close()
         self.method.student_forward = self.student
+
+    def _grad_norm(self, stage: str, clip: float) -> torch.Tensor:
+        """The gradients' total L2 norm before clipping, clipped to ``clip`` when it is set."""
+        params = [p for p in self.method.parameters(stage) if p.grad is not None]
+        if clip:
+            return nn.utils.clip_grad_norm_(params, clip)
+        return nn.utils.get_total_norm([p.grad for p in params])
 
     def _forward_backward(self, stage: str, iteration: int, images, labels, schedule: Schedule, scaler) -> dict:
         """Loss and averaged gradients of this rank's share of one global batch, taken in
@@ -369,6 +377,8 @@ class Run:
         if output["logits"] is not None:
             hits = (output["logits"].detach().argmax(1) == labels).float().mean()
             row["train_acc"] = 100.0 * float(distributed.mean_over_ranks(hits, self.ctx))
+        if "grad_norm" in output:
+            row["grad_norm"] = float(output["grad_norm"])
         row.update(member=position.member, stage=stage, iteration=position.iteration, wall_s=self.wall, lr=lr)
         return row
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 METRIC_COLUMNS = [
     "member", "stage", "iteration", "wall_s", "lr", "loss",
-    "task_loss", "fsp_loss", "kd_loss", "hint_loss", "train_acc", "val_acc", "test_acc",
+    "task_loss", "fsp_loss", "kd_loss", "hint_loss", "grad_norm", "train_acc", "val_acc", "test_acc",
 ]
 
 
@@ -31,18 +31,23 @@ class MetricsFile:
             rows = [row for row in csv.DictReader(f) if None not in row.values() and keep(row)]
         tmp = self.path.with_name(self.path.name + ".tmp")
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=self._header())
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(self.path)
 
     def append(self, row: dict) -> None:
-        new = not self.path.exists()
+        new = not self.path.exists() or self.path.stat().st_size == 0
         with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+            # a file written by an older version keeps its own columns (a resumed run stays one table)
+            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS if new else self._header(), extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow({k: _fmt(v) for k, v in row.items()})
+
+    def _header(self) -> list[str]:
+        with self.path.open(newline="") as f:
+            return next(csv.reader(f), None) or METRIC_COLUMNS
 
 
 def read_metrics(path: str | Path) -> list[dict]:
