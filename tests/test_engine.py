@@ -180,3 +180,17 @@ def test_warmup_ramps_the_learning_rate_linearly():
     schedule = Schedule(iterations=100, lr=0.1, milestones=[50], warmup=4)
     assert [schedule.lr_at(i) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
     assert schedule.lr_at(60) == pytest.approx(0.01)
+
+
+def test_split_seed_fixes_the_validation_split_while_seed_varies(tmp_path, monkeypatch):
+    drawn = []
+    original = engine.load_dataset
+
+    def record(*args, **kwargs):
+        drawn.append(kwargs["seed"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "load_dataset", record)
+    train(tiny(seed=3, split_seed=0, train=Schedule(iterations=1, milestones=[])), tmp_path / "a", progress=False)
+    train(tiny(seed=3, train=Schedule(iterations=1, milestones=[])), tmp_path / "b", progress=False)
+    assert drawn == [0, 3]

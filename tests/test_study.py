@@ -67,6 +67,8 @@ def test_arm_overrides_reach_the_schedules_and_bad_ones_are_named():
     assert (config.stage1.optimizer, config.train.lr, config.fsp_first) == ("adam", 0.02, "after")
     assert config.train.milestones == [50, 75]
     assert arm_config("scratch", 100, RunConfig(teacher="t.pt")).teacher is None
+    reseeded = arm_config("fsp-best:seed=2", 100, RunConfig(seed=5))  # its own stage 1, the study's split
+    assert (reseeded.seed, reseeded.held_out_seed, arm_config("kd", 100, RunConfig(seed=5)).split_seed) == (2, 5, None)
     assert arm_label("scratch:init=runs/b500/fsp-best/checkpoints/stage1.pt,train.lr=0.02") == \
         "fsp-best stage 1 + train.lr=0.02"
     assert arm_label("fsp-best:eval_every=100,train.lr=0.005") == "fsp-best:train.lr=0.005"

@@ -20,6 +20,8 @@ RUN_FLAGS = {
     "--image-size": ("image_size", int, "resize + centre-crop size for imagefolder / cub200 data"),
     "--batch-size": ("batch_size", int, "global batch size over all processes (default 128)"),
     "--seed": ("seed", int, "random seed (default 0); runs are deterministic on CPU"),
+    "--split-seed": ("split_seed", int, "seed of the --val-split hold-out (default: --seed), to vary --seed on "
+                     "one validation split"),
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
     "--model": ("model", str, "network to train (the student); see 'fspkd models'"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),

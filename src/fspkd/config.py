@@ -59,6 +59,7 @@ class RunConfig:
     image_size: int | None = None  # for imagefolder / cub200 (resize + centre crop)
     batch_size: int = 128  # global batch over all ranks
     seed: int = 0
+    split_seed: int | None = None  # seed of the held-out split; None = seed (vary seed, keep the split)
     eval_every: int = 500  # iterations between evaluations (and checkpoints)
     eval_batch_size: int = 500
     teacher: str | None = None  # checkpoint of the teacher (our run dir/checkpoint or a foreign state dict)
@@ -94,6 +95,11 @@ class RunConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
     micro_batches: int = 1  # each rank's batch in this many pieces, gradients accumulated (one optimiser step)
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CPU/gloo has none: per-rank BN statistics)
+
+    @property
+    def held_out_seed(self) -> int:
+        """The seed that draws the validation split."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     def validate(self) -> "RunConfig":
         for name, schedule in (("train", self.train), ("stage1", self.stage1)):

@@ -146,7 +146,7 @@ class Run:
         self.config, self.out, self.ctx = config, out, ctx
         self.show_progress = progress and ctx.is_main
         torch.manual_seed(config.seed)
-        self.splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed,
+        self.splits = load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed,
                                    image_size=config.image_size)
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment

@@ -2,9 +2,10 @@
 
 Every arm trains ``students`` students of one architecture with the same task-stage budget and schedule shape
 (lr / 10 at 50% and 75%); two-stage arms (FSP, FitNet) run one stage 1 as long as stage 2, shared by their
-students (the paper's "Student *" rows). All arms use one seed, so they share one held-out validation split;
-the students of an arm differ in initialisation (single-stage arms) and data order. Finished runs are skipped, an
-interrupted one is resumed, so the command can be run again to extend a study or to rebuild its report.
+students (the paper's "Student *" rows). All arms share one held-out validation split, drawn by the study's
+seed (an arm that overrides ``seed`` keeps it); the students of an arm differ in initialisation (single-stage arms)
+and data order. Finished runs are skipped, an interrupted one is resumed, so the command can be run again to extend
+a study or to rebuild its report.
 
 An arm is a base name, optionally followed by overrides: ``fsp-paper:stage1.optimizer=adam,train.lr=0.02``.
 """
@@ -61,6 +62,8 @@ def arm_config(arm: str, budget: int, base: RunConfig) -> RunConfig:
         if not sep:
             raise FspkdError(f"arm {arm!r}: override {item!r} is not KEY=VALUE")
         config = _override(config, key, parse_value(value), arm)
+    if config.held_out_seed != base.held_out_seed:  # an arm with its own seed keeps the study's validation split
+        config = dataclasses.replace(config, split_seed=base.held_out_seed)
     return config.validate()
 
 
@@ -317,7 +320,7 @@ def fsp_distances(config: RunConfig, student_weights: Path | None, images: int =
     from .engine import build_model, load_teacher
     from .methods.fsp import FSP
 
-    splits = load_dataset(config.data, val_split=config.val_split, seed=config.seed, image_size=config.image_size)
+    splits = load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed, image_size=config.image_size)
     mean, std = parse_normalize(config.normalize, splits)
     x = splits.val.images[:images].float() / 255
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
