@@ -129,6 +129,12 @@ def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunCon
     return stored
 
 
+def load_run_data(config: RunConfig):
+    """The run's data splits; the validation split is drawn by ``config.held_out_seed``."""
+    return load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed,
+                        image_size=config.image_size)
+
+
 def build_model(name: str, options: dict, num_classes: int) -> nn.Module:
     return create(name, num_classes=num_classes, **options)
 
@@ -146,8 +152,7 @@ class Run:
         self.config, self.out, self.ctx = config, out, ctx
         self.show_progress = progress and ctx.is_main
         torch.manual_seed(config.seed)
-        self.splits = load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed,
-                                   image_size=config.image_size)
+        self.splits = load_run_data(config)
         self.mean, self.std = parse_normalize(config.normalize, self.splits)
         self.augment = self.splits.default_augment if config.augment is None else config.augment
         self.student = build_model(config.model, config.model_options, self.splits.num_classes).to(ctx.device)

@@ -16,8 +16,8 @@ import torch
 
 from .checkpoint import save_checkpoint
 from .config import RunConfig, load_yaml
-from .data import load_dataset, parse_normalize
-from .engine import NonFiniteLoss, train
+from .data import parse_normalize
+from .engine import NonFiniteLoss, load_run_data, train
 from .errors import FspkdError
 from .inference import evaluate_checkpoints, load_network
 from .models import create
@@ -105,7 +105,7 @@ def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
     path = out / "prepared" / f"{name}-start.pt"
     if path.exists():
         return path
-    splits = load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed, image_size=config.image_size)
+    splits = load_run_data(config)
     teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, splits.num_classes)
     torch.manual_seed(config.seed)
     net = create(config.model, num_classes=splits.num_classes, **config.model_options)

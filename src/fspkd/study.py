@@ -316,11 +316,11 @@ def fsp_distances(config: RunConfig, student_weights: Path | None, images: int =
     import torch
 
     from .checkpoint import load_checkpoint
-    from .data import load_dataset, parse_normalize
-    from .engine import build_model, load_teacher
+    from .data import parse_normalize
+    from .engine import build_model, load_run_data, load_teacher
     from .methods.fsp import FSP
 
-    splits = load_dataset(config.data, val_split=config.val_split, seed=config.held_out_seed, image_size=config.image_size)
+    splits = load_run_data(config)
     mean, std = parse_normalize(config.normalize, splits)
     x = splits.val.images[:images].float() / 255
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
