@@ -119,3 +119,58 @@ def test_channel_shuffle_uses_one_permutation_per_layer_across_pairs():
     assert all(torch.equal(same_seed.permutations[k], shuffle.permutations[k]) for k in "abc")
     tied = ChannelShuffle(pairs, {"a": 4, "b": 4, "c": 5}, seed=7, groups={"a": "s", "b": "s"})
     assert torch.equal(tied.permutations["a"], tied.permutations["b"])
+
+
+def reference_fsp_matrix(a, b):
+    """Eq. 1 with autograd's own max_pool2d and bmm backward, the reference for fsp_matrix's gradients."""
+    if a.shape[-1] > b.shape[-1]:
+        a = F.max_pool2d(a, a.shape[-1] // b.shape[-1])
+    elif b.shape[-1] > a.shape[-1]:
+        b = F.max_pool2d(b, b.shape[-1] // a.shape[-1])
+    batch, m, h, w = a.shape
+    return torch.bmm(a.reshape(batch, m, h * w), b.reshape(batch, b.shape[1], h * w).transpose(1, 2)) / (h * w)
+
+
+@pytest.mark.parametrize("shapes", [((2, 3, 8, 8), (2, 4, 8, 8)), ((2, 3, 8, 8), (2, 5, 4, 4)),
+                                    ((2, 5, 2, 2), (2, 3, 8, 8))])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "relu_ties"])
+def test_fsp_matrix_gradients_equal_autograd_of_bmm_and_max_pool2d(shapes, layout):
+    torch.manual_seed(3)
+    a, b = torch.randn(*shapes[0]), torch.randn(*shapes[1])
+    if layout == "relu_ties":  # ReLU outputs: windows full of equal zeros, and small integers tie too
+        a, b = a.relu().round(), b.relu().round()
+    if layout == "channels_last":
+        a, b = (x.contiguous(memory_format=torch.channels_last) for x in (a, b))
+    weight = torch.randn(shapes[0][0], shapes[0][1], shapes[1][1])
+    grads = []
+    for matrix_fn in (fsp_matrix, reference_fsp_matrix):
+        leaves = [x.clone().requires_grad_(True) for x in (a, b)]
+        (matrix_fn(*leaves) * weight).sum().backward()
+        grads.append([x.grad for x in leaves])
+        assert all(x.grad.is_contiguous() for x in leaves) or layout == "channels_last"
+    for ours, reference in zip(*grads):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_pooling_with_gradients_picks_max_pool2d_indices_on_ties_and_nan():
+    x = torch.randint(0, 3, (2, 4, 8, 8)).float()  # many ties in every window
+    x[0, 0, 0, 0] = x[1, 2, 5, 4] = x[1, 2, 4, 5] = float("nan")
+    one_hot = torch.eye(16).reshape(1, 16, 4, 4).expand(2, 16, 4, 4)  # G[:, i, k] = pooled x[:, i] at position k
+    upstream = torch.arange(2 * 4 * 16, dtype=torch.float32).reshape(2, 4, 16) + 1  # tells positions apart
+    grads, outputs = [], []
+    for matrix_fn in (fsp_matrix, reference_fsp_matrix):
+        leaf = x.clone().requires_grad_(True)
+        out = matrix_fn(leaf, one_hot)
+        (out * upstream).sum().backward()
+        outputs.append(out)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(outputs[0], outputs[1], equal_nan=True)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
+
+
+def test_flow_product_passes_gradcheck():
+    from fspkd.fsp import _FlowProduct
+
+    a = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, y: _FlowProduct.apply(x, y, 5), (a, b))

@@ -34,7 +34,35 @@ def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a.float().reshape(batch, m, h * w)
     b = b.float().reshape(batch, b.shape[1], h * w)
     with torch.autocast(a.device.type, enabled=False):  # autocast would run bmm in bf16 / fp16 again
-        return torch.bmm(a, b.transpose(1, 2)) / (h * w)
+        return _FlowProduct.apply(a, b, h * w)
+
+
+class _FlowProduct(torch.autograd.Function):
+    """``bmm(a, b.transpose(1, 2)) / area`` for (B, m, L) and (B, n, L), with a backward of our own.
+
+    Why: autograd's bmm backward multiplies the contiguous (B, m, n) gradient into (B, n, L), which on CPU runs
+    about 2.5x slower than the same product with the gradient as a transposed view (one core, m = n = 16,
+    L = 1024: 4.5 against 1.8 ms), and it returns b's gradient transposed, channels-last once reshaped to a feature
+    map, so that its sum with the network's own gradient costs extra copies. Here both products take a transposed
+    left operand and both gradients come out contiguous. The values are the same (tested against autograd).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, area):
+        ctx.save_for_backward(a, b)
+        ctx.area = area
+        return torch.bmm(a, b.transpose(1, 2)).div_(area)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad / ctx.area
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_a = torch.bmm(grad.transpose(1, 2).contiguous().transpose(1, 2), b)
+        if ctx.needs_input_grad[1]:
+            grad_b = torch.bmm(grad.transpose(1, 2), a)
+        return grad_a, grad_b, None
 
 
 def _match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,9 +84,37 @@ def _pool_to(x: torch.Tensor, target: tuple[int, int], size_a, size_b) -> torch.
             f"{(height, width)} is not an integer multiple of {target}"
         )
     kernel = (height // target[0], width // target[1])
-    if torch.is_grad_enabled() and x.requires_grad:
-        return F.max_pool2d(x, kernel_size=kernel, stride=kernel)
-    return window_max(x, *kernel)
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return window_max(x, *kernel)
+    if x.device.type == "cpu" and x.is_contiguous():
+        return _MaxPoolViaChannelsLast.apply(x, kernel)
+    return F.max_pool2d(x, kernel_size=kernel, stride=kernel)
+
+
+class _MaxPoolViaChannelsLast(torch.autograd.Function):
+    """``F.max_pool2d(x, kernel)`` of a contiguous (NCHW) CPU map, its maxima found on a channels-last copy.
+
+    Why: on CPU, max_pool2d with indices loops window by window over an NCHW map (about 10 ms for a 128 x 16 x
+    32 x 32 map on one core) but vectorises across channels over a channels-last one (about 2 ms), which repays
+    the copy (2 ms). The indices are positions within each (h, w) plane whatever the layout, so the backward is
+    max_pool2d's own on the NCHW map: same values, same indices (the first maximum of each window), same gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel):
+        pooled, indices = F.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), kernel)
+        indices = indices.contiguous()
+        ctx.save_for_backward(x, indices)
+        ctx.kernel = list(kernel)
+        return pooled.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, indices = ctx.saved_tensors
+        kernel = ctx.kernel
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(), x, kernel, kernel, [0, 0], [1, 1], False, indices)
+        return grad_x, None
 
 
 def window_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
@@ -66,8 +122,8 @@ def window_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
     views, for the teacher's side where no gradient is needed.
 
     Why by hand: on CPU max_pool2d's per-window loop takes about 8 ms for a 128 x 16 x 32 x 32 map on one core,
-    these maxima 0.6 ms. With gradients max_pool2d stays: its backward needs the argmax indices, which cost
-    as much to find by hand as its forward does.
+    these maxima 0.6 ms. With gradients the backward needs the argmax indices, which cost as much to find by hand
+    as max_pool2d's forward does; ``_MaxPoolViaChannelsLast`` finds them faster.
     """
     rows = x[..., 0::kh, :]
     for i in range(1, kh):
