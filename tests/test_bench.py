@@ -22,8 +22,18 @@ def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
     assert set(pair["ms"]) == {"plain", "stage1_live", "stage1_live_no_fast_teacher", "stage1_stored", "fsp_ours",
                                 "fsp_naive", "plain_threads_1"}
     assert set(pair["peak_mb"]) == set(pair["ms"])
-    assert results["settings"]["batch_size"] == 8
+    assert results["settings"]["batch_size"] == 8 and results["settings"]["fsp_first"] == "before"
     assert "stage1_stored_over_plain" in capsys.readouterr().out
+
+
+def test_bench_times_the_fast_recipe_taps(tmp_path, monkeypatch):
+    monkeypatch.setattr("fspkd.bench.DATA_BATCHES", 2)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--pairs", "resnet14:resnet14", "--batch-size", "4", "--repeats", "1",
+                 "--fsp-first", "after", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["fsp_first"] == "after"
+    assert results["resnet14:resnet14"]["ratios"]["stage1_stored_over_plain"] > 0
 
 
 @pytest.mark.parametrize("args, message", [(["--pairs", "resnet20"], "--pairs"),

@@ -44,21 +44,24 @@ DATA_BATCHES = 100  # batches per epoch in the data-path case (whole-epoch augme
 
 def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, steps: int = 1,
               channels_last: bool = False, compile_teacher: bool = False, device: str = "cpu",
-              thread_counts: Sequence[int] = (), log: Callable[[str], None] = print) -> dict:
-    """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios."""
+              thread_counts: Sequence[int] = (), fsp_first: str = "before",
+              log: Callable[[str], None] = print) -> dict:
+    """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios.
+    ``fsp_first`` picks the FSP taps: sections start before their down-sampling block (the paper's; two of three
+    pairs max-pool) or after it (the fast recipe's; no pooling, larger matrix products)."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (BATCHES * batch_size, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(len(images)) % 10
     results = {"settings": {"batch_size": batch_size, "repeats": repeats, "steps_per_repeat": steps,
                             "channels_last": channels_last, "compile_teacher": compile_teacher,
-                            "device": device, "threads": torch.get_num_threads(),
+                            "device": device, "threads": torch.get_num_threads(), "fsp_first": fsp_first,
                             "load_average": _load_average()},
                "data": bench_data(batch_size, repeats, log)}
     for teacher_name, student_name in pairs:
         log(f"timing {teacher_name} -> {student_name} ...")
         pair = bench_pair(teacher_name, student_name, images, labels, batch_size=batch_size, repeats=repeats,
                           steps=steps, channels_last=channels_last, compile_teacher=compile_teacher,
-                          device=torch.device(device), thread_counts=thread_counts)
+                          device=torch.device(device), thread_counts=thread_counts, fsp_first=fsp_first)
         data_ms = results["data"]["ms"]["batch_loader"]
         pair["ratios"].update(
             data_speedup_over_per_image=results["data"]["ms"]["per_image_pil"] / data_ms,
@@ -72,7 +75,7 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
 
 def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_size: int, repeats: int,
                steps: int, channels_last: bool, compile_teacher: bool, device: torch.device,
-               thread_counts: Sequence[int] = ()) -> dict:
+               thread_counts: Sequence[int] = (), fsp_first: str = "before") -> dict:
     """Time the step cases of one teacher/student pair on ``BATCHES`` pre-fetched batches.
 
     The stored case reads float32 targets (freshly initialised deep teachers overflow float16); training runs
@@ -80,7 +83,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     """
     teacher = _network(teacher_name, 1, device)
     student = _network(student_name, 2, device)
-    config = RunConfig(method="fsp", model=student_name)
+    config = RunConfig(method="fsp", model=student_name, fsp_first=fsp_first)
     plain = Method(copy.deepcopy(student), None, config)
     live = FSP(copy.deepcopy(student), teacher, config)
     live_as_loaded = FSP(copy.deepcopy(student), teacher, replace(config, fast_teacher=False))

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compare-threads", default="",
                        help="also time the plain step with these intra-op thread counts, e.g. 1,2")
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--fsp-first", choices=("before", "after"), default="before",
+                       help="FSP taps: sections start before their down-sampling block (the paper's, default) or "
+                       "after it (the fast recipe's)")
     bench.set_defaults(handler=_bench)
     _add_reproduce(sub)
     study = sub.add_parser("study", help="the fast-optimization study (docs/fast-optimization-study.md): "
@@ -369,7 +372,7 @@ def _bench(args) -> int:
         torch.set_num_threads(args.threads)
     results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
                         channels_last=args.channels_last, compile_teacher=args.compile, device=args.device,
-                        thread_counts=_thread_counts(args.compare_threads),
+                        thread_counts=_thread_counts(args.compare_threads), fsp_first=args.fsp_first,
                         log=lambda text: print(text, file=sys.stderr))
     print(format_table(results))
     if args.json:
