@@ -35,6 +35,40 @@ def subprocess_env() -> dict:
     return env
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc. torchrun starts each worker in a session of its own, so a signal
+    to the launcher's process group would leave the workers training (and writing) beside the resumed run."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # a process that ended while we looked
+            continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def kill_and_wait(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def read_rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -103,8 +137,8 @@ def test_a_two_process_run_killed_with_sigkill_resumes_to_the_same_result(teache
             if metrics.exists() and metrics.read_text().count(",stage2,") >= 2:  # a stage-2 checkpoint exists
                 break
             time.sleep(0.01)
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
     finally:
+        kill_and_wait(process_tree(process.pid))  # the launcher and both workers
         process.wait(timeout=60)
     assert not (killed / "summary.json").exists(), "the run ended before the kill: make it longer"
     assert load_checkpoint(killed / "checkpoints" / "last.pt")["position"][1] == 1  # killed in stage 2
