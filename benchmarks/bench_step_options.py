@@ -16,15 +16,15 @@ from pathlib import Path
 
 import torch
 
-from fspkd.config import RunConfig, Schedule
-from fspkd.engine import train
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.training.run import train
 
 OPTIONS = {"fp32": {}, "bf16": {"precision": "bf16"}, "micro_batches=2": {"micro_batches": 2}}
 
 
 def seconds_per_100(config: RunConfig, folder: Path) -> float:
     summary = train(config, folder, progress=False)
-    return summary["stages"]["train"]["s_per_100_it"]
+    return summary["stages"]["task"]["s_per_100_it"]
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, options in OPTIONS.items():
                 config = RunConfig(model=args.model, data="synthetic:2560,100", batch_size=args.batch_size,
-                                   eval_every=args.iterations, train=Schedule(iterations=args.iterations, lr=0.05),
+                                   eval_every=args.iterations, task=Schedule(iterations=args.iterations, lr=0.05),
                                    **options)
                 times[name].append(seconds_per_100(config, Path(scratch) / f"{name}-{repeat}"))
     base = statistics.median(times["fp32"])

@@ -11,7 +11,7 @@ RATIOS = ("stage1_live_over_plain", "stage1_stored_over_plain", "data_speedup_ov
 
 
 def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("fspkd.bench.DATA_BATCHES", 2)
+    monkeypatch.setattr("fspkd.experiments.bench.DATA_BATCHES", 2)
     out = tmp_path / "bench.json"
     assert main(["bench", "--pairs", "resnet14:resnet8", "--batch-size", "8", "--repeats", "1", "--steps", "1",
                  "--compare-threads", "1", "--json", str(out)]) == 0
@@ -27,7 +27,7 @@ def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
 
 
 def test_bench_times_the_fast_recipe_taps(tmp_path, monkeypatch):
-    monkeypatch.setattr("fspkd.bench.DATA_BATCHES", 2)
+    monkeypatch.setattr("fspkd.experiments.bench.DATA_BATCHES", 2)
     out = tmp_path / "bench.json"
     assert main(["bench", "--pairs", "resnet14:resnet14", "--batch-size", "4", "--repeats", "1",
                  "--fsp-first", "after", "--json", str(out)]) == 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fspkd.checkpoint import (
+from fspkd.core.checkpoint import (
     load_checkpoint,
     load_state_dict_file,
     load_weights,
@@ -18,7 +18,7 @@ from fspkd.checkpoint import (
     save_checkpoint,
     save_weights_safetensors,
 )
-from fspkd.errors import FspkdError
+from fspkd.core.errors import FspkdError
 from fspkd.models import create
 
 

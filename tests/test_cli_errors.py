@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from datafakes import crafted_pickle, make_tar_gz, write_cifar10_folder, write_image_folder
-from fspkd.checkpoint import load_checkpoint
+
 from fspkd.cli import main
+from fspkd.core.checkpoint import load_checkpoint
 
 TINY = ["--data", "synthetic:320,100", "--batch-size", "32", "--iterations", "2", "--eval-every", "2", "--quiet"]
 
@@ -146,16 +146,16 @@ def test_unknown_configuration_keys_name_the_nearest_valid_one(capsys, earlier, 
     config.write_text("model: resnet8\nbacth_size: 32\n")
     fails_cleanly(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o")], earlier,
                   r"unknown key 'bacth_size' in .*run\.yaml; did you mean 'batch_size'\?")
-    config.write_text("train:\n  iterations: 2\n  learning_rate: 0.1\n")
+    config.write_text("task:\n  iterations: 2\n  learning_rate: 0.1\n")
     fails_cleanly(capsys, ["train", "--config", str(config), "--out", str(tmp_path / "o")], earlier,
-                  r"unknown key 'learning_rate' in .*run\.yaml, train; valid keys: iterations, lr")
+                  r"unknown key 'learning_rate' in .*run\.yaml, task; valid keys: iterations, lr")
 
 
 def test_an_existing_run_is_refused_or_resumed_never_overwritten(capsys, earlier, tmp_path):
     fails_cleanly(capsys, ["train", "--model", "resnet8", "--out", str(earlier), *TINY], earlier,
                   r"already holds a run; pass --resume")
     fails_cleanly(capsys, ["train", "--model", "resnet8", "--out", str(earlier), "--resume", *TINY[:-1],
-                           "--lr", "0.5", "--quiet"], earlier, r"--resume: the settings given differ .* in train")
+                           "--lr", "0.5", "--quiet"], earlier, r"--resume: the settings given differ .* in task")
     fails_cleanly(capsys, ["distill", "--out", str(tmp_path / "none"), "--resume"], earlier,
                   r"--resume: .*none holds no run to continue")
     other = tmp_path / "notes"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fspkd.checkpoint import load_checkpoint
 from fspkd.cli import main
-from fspkd.config import RunConfig, Schedule
-from fspkd.engine import train
+from fspkd.core.checkpoint import load_checkpoint
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.training.run import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -25,12 +25,12 @@ def read_rows(path):
         return [{k: v for k, v in row.items() if k != "wall_s"} for row in csv.DictReader(f)]
 
 
-def wait_for_stage2_rows(metrics: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_for_task_rows(metrics: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
     """Poll until metrics.csv has two stage-2 rows or the process ends. A row is written just before its
     checkpoint, so by the second one the first stage-2 checkpoint exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
-        if metrics.exists() and metrics.read_text().count(",stage2,") >= 2:
+        if metrics.exists() and metrics.read_text().count(",task,") >= 2:
             return
         time.sleep(0.01)
     pytest.fail(f"no stage-2 checkpoint before the process ended (exit {process.poll()})")
@@ -40,7 +40,7 @@ def wait_for_stage2_rows(metrics: Path, process: subprocess.Popen, timeout: floa
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     teacher = tmp_path / "teacher"
     train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=5,
-                    train=Schedule(iterations=5, lr=0.05)), teacher, progress=False)
+                    task=Schedule(iterations=5, lr=0.05)), teacher, progress=False)
     flags = ["--method", "fsp", "--teacher", str(teacher), "--model", "resnet8", "--data", "synthetic:320,100",
              "--batch-size", "32", "--eval-every", "5", "--val-split", "0.1", "--stage1-iterations", "10",
              "--stage1-lr", "1e-3", "--iterations", "80", "--lr", "0.05", "--quiet"]
@@ -51,7 +51,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "fspkd", "distill", "--out", str(killed), *flags], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_stage2_rows(killed / "metrics.csv", process)
+        wait_for_task_rows(killed / "metrics.csv", process)
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
@@ -70,13 +70,13 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
 
 
 def test_a_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
-    from fspkd.runlog import MetricsFile
+    from fspkd.training.runlog import MetricsFile
 
     metrics = MetricsFile(tmp_path / "metrics.csv")
-    metrics.append({"member": 0, "stage": "train", "iteration": 20, "loss": 1.5})
-    metrics.append({"member": 0, "stage": "train", "iteration": 40, "loss": 1.25})
+    metrics.append({"student": 0, "stage": "task", "iteration": 20, "loss": 1.5})
+    metrics.append({"student": 0, "stage": "task", "iteration": 40, "loss": 1.25})
     text = metrics.path.read_text()
-    metrics.path.write_text(text[: text.index(",train,40") + len(",train,4")])  # the crash cut "40" to "4"
+    metrics.path.write_text(text[: text.index(",task,40") + len(",task,4")])  # the crash cut "40" to "4"
     metrics.truncate_after(lambda row: int(row["iteration"]) <= 20)
     rows = read_rows(metrics.path)
     assert [row["iteration"] for row in rows] == ["20"]
@@ -84,13 +84,13 @@ def test_a_metrics_row_torn_by_a_crash_is_dropped_on_resume(tmp_path):
 
 
 def test_a_metrics_file_of_an_older_version_keeps_its_columns_on_resume(tmp_path):
-    from fspkd.runlog import MetricsFile
+    from fspkd.training.runlog import MetricsFile
 
-    old_columns = ["member", "stage", "iteration", "loss", "val_acc"]
+    old_columns = ["student", "stage", "iteration", "loss", "val_acc"]
     path = tmp_path / "metrics.csv"
     path.write_text(",".join(old_columns) + "\n0,train,20,1.5,\n")
     metrics = MetricsFile(path)
-    metrics.append({"member": 0, "stage": "train", "iteration": 40, "loss": 1.25, "grad_norm": 3.0})
+    metrics.append({"student": 0, "stage": "task", "iteration": 40, "loss": 1.25, "grad_norm": 3.0})
     metrics.truncate_after(lambda row: True)
     assert path.read_text().splitlines()[0] == ",".join(old_columns)
     assert [row["iteration"] for row in read_rows(path)] == ["20", "40"]

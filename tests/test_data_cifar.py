@@ -3,11 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from datafakes import (
+    CIFAR10_CLASSES,
+    crafted_pickle,
+    make_tar_gz,
+    make_tar_gz_of_contents,
+    write_cifar10_folder,
+    write_cifar100_folder,
+    write_image_folder,
+)
 
-from datafakes import (CIFAR10_CLASSES, crafted_pickle, make_tar_gz, make_tar_gz_of_contents,
-                       write_cifar10_folder, write_cifar100_folder, write_image_folder)
+from fspkd.core.errors import FspkdError
 from fspkd.data import load_dataset
-from fspkd.errors import FspkdError
 
 
 @pytest.fixture

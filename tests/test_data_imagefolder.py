@@ -5,10 +5,10 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-
 from datafakes import make_tar_gz, save_image, shared_data_dir, write_image_folder
+
+from fspkd.core.errors import FspkdError
 from fspkd.data import load_dataset
-from fspkd.errors import FspkdError
 
 
 def test_train_and_val_folders(tmp_path):

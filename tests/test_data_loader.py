@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fspkd.core.errors import FspkdError
 from fspkd.data import BatchLoader
 from fspkd.data.augment import shifted_crops
-from fspkd.errors import FspkdError
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -6,8 +6,8 @@ It is decoded once per session into a temporary cache; the other tests reuse tha
 
 import pytest
 import torch
-
 from datafakes import CIFAR10_CLASSES, shared_data_dir
+
 from fspkd.data import BatchLoader, load_dataset, spec
 
 

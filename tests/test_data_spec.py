@@ -5,13 +5,13 @@ import os
 
 import pytest
 import torch
-
 from datafakes import write_cifar10_folder, write_image_folder
-from fspkd.data import load_dataset, parse_normalize
+
+from fspkd.core.errors import FspkdError
 from fspkd.data import cache as cache_module
+from fspkd.data import load_dataset, parse_normalize
 from fspkd.data import spec as spec_module
 from fspkd.data.synthetic import make_synthetic
-from fspkd.errors import FspkdError
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fspkd.checkpoint import load_checkpoint
 from fspkd.cli import main
-from fspkd.config import RunConfig, Schedule
-from fspkd.engine import train
+from fspkd.core.checkpoint import load_checkpoint
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.training.run import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--data", "synthetic:320,100", "--batch-size", "32", "--eval-every", "4", "--val-split", "0.1", "--seed", "3"]
@@ -85,7 +85,7 @@ def assert_same_run(ddp_dir: Path, one_dir: Path, weights: list[str]) -> None:
     ddp_rows, one_rows = read_rows(ddp_dir / "metrics.csv"), read_rows(one_dir / "metrics.csv")
     assert len(ddp_rows) == len(one_rows) > 0
     for ddp, one in zip(ddp_rows, one_rows):
-        assert (ddp["member"], ddp["stage"], ddp["iteration"]) == (one["member"], one["stage"], one["iteration"])
+        assert (ddp["student"], ddp["stage"], ddp["iteration"]) == (one["student"], one["stage"], one["iteration"])
         for column in ("loss", "fsp_loss", "task_loss", "train_acc", "val_acc", "test_acc", "lr"):
             if one[column] or ddp[column]:
                 torch.testing.assert_close(float(ddp[column]), float(one[column]), rtol=1e-4, atol=1e-5,
@@ -107,7 +107,7 @@ def torchrun(*args: str) -> list[str]:
 def teacher(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "teacher"
     train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=6, val_split=0.1,
-                    seed=3, train=Schedule(iterations=6, lr=0.05)), out, progress=False)
+                    seed=3, task=Schedule(iterations=6, lr=0.05)), out, progress=False)
     return out
 
 
@@ -140,7 +140,7 @@ def test_a_two_process_run_killed_with_sigkill_resumes_to_the_same_result(teache
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             metrics = killed / "metrics.csv"
-            if metrics.exists() and metrics.read_text().count(",stage2,") >= 2:  # a stage-2 checkpoint exists
+            if metrics.exists() and metrics.read_text().count(",task,") >= 2:  # a stage-2 checkpoint exists
                 break
             time.sleep(0.01)
     finally:

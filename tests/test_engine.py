@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from fspkd.checkpoint import load_checkpoint
-from fspkd.config import RunConfig, Schedule
-from fspkd import engine
-from fspkd.engine import NonFiniteLoss, train
-from fspkd.errors import FspkdError
+from fspkd.core.checkpoint import load_checkpoint
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.core.errors import FspkdError
+from fspkd.training import build
+from fspkd.training.run import NonFiniteLoss, train
 
 
 def tiny(**overrides) -> RunConfig:
     config = RunConfig(
         data="synthetic:320,100", model="resnet8", batch_size=32, eval_every=4, val_split=0.1,
-        train=Schedule(iterations=6, lr=0.05, milestones=[3]),
+        task=Schedule(iterations=6, lr=0.05, milestones=[3]),
     )
     return dataclasses.replace(config, **overrides)
 
@@ -37,8 +37,8 @@ def read_rows(path):
 def test_plain_run_writes_config_metrics_checkpoints_and_summary(teacher_dir):
     summary = json.loads((teacher_dir / "summary.json").read_text())
     assert 0 <= summary["test_acc"] <= 100 and 0 <= summary["val_acc"] <= 100
-    assert summary["stages"]["train"]["iterations"] == 6
-    assert summary["stages"]["train"]["s_per_100_it"] > 0
+    assert summary["stages"]["task"]["iterations"] == 6
+    assert summary["stages"]["task"]["s_per_100_it"] > 0
     assert (teacher_dir / "config.yaml").exists()
     rows = read_rows(teacher_dir / "metrics.csv")
     assert [int(r["iteration"]) for r in rows if r["test_acc"]] == [4, 6]
@@ -50,23 +50,23 @@ def test_plain_run_writes_config_metrics_checkpoints_and_summary(teacher_dir):
 def test_two_stage_methods_run_stage1_then_the_task(method, teacher_dir, tmp_path):
     config = tiny(method=method, teacher=str(teacher_dir), stage1=Schedule(iterations=4, lr=1e-4))
     summary = train(config, tmp_path / method, progress=False)
-    assert list(summary["stages"]) == ["stage1", "stage2"]
+    assert list(summary["stages"]) == ["stage1", "task"]
     rows = read_rows(tmp_path / method / "metrics.csv")
     loss_column = {"fsp": "fsp_loss", "fitnet": "hint_loss"}[method]
     assert all(r[loss_column] for r in rows if r["stage"] == "stage1")
-    assert all(r["task_loss"] and not r[loss_column] for r in rows if r["stage"] == "stage2")
+    assert all(r["task_loss"] and not r[loss_column] for r in rows if r["stage"] == "task")
     assert (tmp_path / method / "checkpoints" / "stage1.pt").exists()
 
 
 def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teacher_dir, tmp_path, monkeypatch):
     loaded = []
-    original_load_teacher = engine.load_teacher
+    original_load_teacher = build.load_teacher
 
     def keep_the_teacher(*args):
         loaded.append(original_load_teacher(*args))
         return loaded[-1]
 
-    monkeypatch.setattr(engine, "load_teacher", keep_the_teacher)
+    monkeypatch.setattr(build, "load_teacher", keep_the_teacher)
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=12, lr=1e-3),
                   fsp_lambda=0.01)
     train(config, tmp_path / "fsp", progress=False)
@@ -80,16 +80,16 @@ def test_fsp_stage1_trains_only_towards_the_teacher_and_lowers_the_fsp_loss(teac
 
 def test_fsp_with_pre_relu_taps_and_a_shuffled_teacher(teacher_dir, tmp_path):
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=2, lr=1e-4),
-                  train=Schedule(iterations=2, lr=0.05), fsp_pre_relu=True, shuffle_seed=3)
+                  task=Schedule(iterations=2, lr=0.05), fsp_pre_relu=True, shuffle_seed=3)
     summary = train(config, tmp_path / "pre", progress=False)
-    assert list(summary["stages"]) == ["stage1", "stage2"]
+    assert list(summary["stages"]) == ["stage1", "task"]
     assert all(float(r["fsp_loss"]) > 0 for r in read_rows(tmp_path / "pre" / "metrics.csv") if r["stage"] == "stage1")
 
 
 def test_kd_and_copy_run(teacher_dir, tmp_path):
     kd = train(tiny(method="kd", teacher=str(teacher_dir)), tmp_path / "kd", progress=False)
-    assert kd["stages"]["train"]["iterations"] == 6
-    copy = train(tiny(method="copy", model="resnet14", teacher=str(teacher_dir), train=Schedule(iterations=1, lr=1e-9)),
+    assert kd["stages"]["task"]["iterations"] == 6
+    copy = train(tiny(method="copy", model="resnet14", teacher=str(teacher_dir), task=Schedule(iterations=1, lr=1e-9)),
                  tmp_path / "copy", progress=False)
     # one step at a tiny lr from the teacher's weights keeps the teacher's accuracy
     teacher = json.loads((teacher_dir / "summary.json").read_text())
@@ -100,9 +100,9 @@ def test_several_students_share_one_stage1_and_report_their_ensemble(teacher_dir
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=3, lr=1e-4), students=2,
                   fsp_lambda=0.01)
     summary = train(config, tmp_path / "two", progress=False)
-    assert [m["weights"] for m in summary["members"]] == ["final-1.pt", "final-2.pt"]
+    assert [m["weights"] for m in summary["per_student"]] == ["final-1.pt", "final-2.pt"]
     assert summary["stages"]["stage1"]["iterations"] == 3
-    assert summary["stages"]["stage2"]["iterations"] == 12
+    assert summary["stages"]["task"]["iterations"] == 12
     assert "ensemble_test_acc" in summary
     first, second = (load_checkpoint(tmp_path / "two" / w)["model"] for w in ("final-1.pt", "final-2.pt"))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # different data orders
@@ -165,7 +165,7 @@ def test_grad_norm_is_logged_before_clipping_and_clipping_bounds_the_step(tmp_pa
     def one_step(clip):
         schedule = Schedule(iterations=1, lr=0.1, milestones=[], momentum=0.0, weight_decay=0.0, clip_grad=clip)
         out = tmp_path / f"clip{clip}"
-        train(tiny(train=schedule, eval_every=1), out, progress=False)
+        train(tiny(task=schedule, eval_every=1), out, progress=False)
         row = read_rows(out / "metrics.csv")[-1]
         return load_checkpoint(out / "final.pt")["model"], float(row["grad_norm"])
 
@@ -184,13 +184,13 @@ def test_warmup_ramps_the_learning_rate_linearly():
 
 def test_split_seed_fixes_the_validation_split_while_seed_varies(tmp_path, monkeypatch):
     drawn = []
-    original = engine.load_dataset
+    original = build.load_dataset
 
     def record(*args, **kwargs):
         drawn.append(kwargs["seed"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "load_dataset", record)
-    train(tiny(seed=3, split_seed=0, train=Schedule(iterations=1, milestones=[])), tmp_path / "a", progress=False)
-    train(tiny(seed=3, train=Schedule(iterations=1, milestones=[])), tmp_path / "b", progress=False)
+    monkeypatch.setattr(build, "load_dataset", record)
+    train(tiny(seed=3, split_seed=0, task=Schedule(iterations=1, milestones=[])), tmp_path / "a", progress=False)
+    train(tiny(seed=3, task=Schedule(iterations=1, milestones=[])), tmp_path / "b", progress=False)
     assert drawn == [0, 3]

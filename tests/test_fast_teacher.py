@@ -3,8 +3,8 @@
 import torch
 import torch.nn as nn
 
-from fspkd.config import RunConfig
-from fspkd.fast_teacher import conv_bn_pairs, fold_batchnorm, inference_teacher
+from fspkd.accel.fast_teacher import conv_bn_pairs, fold_batchnorm, inference_teacher
+from fspkd.core.config import RunConfig
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
 

@@ -2,7 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fspkd.fsp import ChannelShuffle, fsp_loss, fsp_matrix, shuffle_fsp, window_max
+from fspkd.core.fsp import ChannelShuffle, fsp_loss, fsp_matrix, shuffle_fsp
+from fspkd.core.fsp_kernels import window_max
 
 
 def naive_fsp(a, b):
@@ -92,8 +93,8 @@ def test_only_the_student_receives_gradients():
 
 
 def test_mismatched_pairs_name_the_pair_and_both_shapes():
-    with pytest.raises(ValueError, match=r"pair stage2.*\(2, 32, 32\).*\(2, 32, 64\).*channel widths"):
-        fsp_loss({"stage2": torch.zeros(2, 32, 32)}, {"stage2": torch.zeros(2, 32, 64)})
+    with pytest.raises(ValueError, match=r"pair task.*\(2, 32, 32\).*\(2, 32, 64\).*channel widths"):
+        fsp_loss({"task": torch.zeros(2, 32, 32)}, {"task": torch.zeros(2, 32, 64)})
     with pytest.raises(ValueError, match="2 student matrices and 1 teacher"):
         fsp_loss([torch.zeros(1, 2, 2)] * 2, [torch.zeros(1, 2, 2)])
 
@@ -169,7 +170,7 @@ def test_pooling_with_gradients_picks_max_pool2d_indices_on_ties_and_nan():
 
 
 def test_flow_product_passes_gradcheck():
-    from fspkd.fsp import _FlowProduct
+    from fspkd.core.fsp_kernels import _FlowProduct
 
     a = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)

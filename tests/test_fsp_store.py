@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from fspkd import fsp_store
-from fspkd.config import RunConfig, Schedule
+from fspkd.accel import fsp_store
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.core.errors import FspkdError
 from fspkd.data import BatchLoader
 from fspkd.data.augment import FixedViews
-from fspkd.errors import FspkdError
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
 
@@ -135,12 +135,12 @@ def test_bad_store_settings_are_refused(tmp_path):
         RunConfig(stored_fsp_views=0).validate()
 
 
-def test_an_fsp_run_with_stored_targets_trains_stage1_and_stage2(tmp_path, monkeypatch):
-    from fspkd.engine import train
+def test_an_fsp_run_with_stored_targets_trains_stage1_and_task(tmp_path, monkeypatch):
+    from fspkd.training.run import train
 
     monkeypatch.setenv("FSPKD_CACHE", str(tmp_path / "cache"))
     base = RunConfig(data="synthetic:320,100", model="resnet8", batch_size=32, eval_every=4, augment=True,
-                     train=Schedule(iterations=4, lr=0.05))
+                     task=Schedule(iterations=4, lr=0.05))
     train(base, tmp_path / "teacher", progress=False)
     config = dataclasses.replace(base, method="fsp", teacher=str(tmp_path / "teacher"), stored_fsp=True,
                                  shuffle_seed=1, stage1=Schedule(iterations=8, lr=1e-4))

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from fspkd.config import RunConfig
-from fspkd.errors import FspkdError
+from fspkd.core.config import RunConfig
+from fspkd.core.errors import FspkdError
+from fspkd.core.taps import FeatureTaps
 from fspkd.methods.fsp import FSP
 from fspkd.models import create, list_models
-from fspkd.taps import FeatureTaps
 
 IMAGENET_STYLE = {"resnet18", "resnet20_4stage", "resnet34"}
 

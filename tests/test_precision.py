@@ -6,17 +6,17 @@ import pytest
 import torch
 
 import fspkd.methods.fsp as fsp_method
-from fspkd.checkpoint import load_checkpoint
-from fspkd.config import RunConfig, Schedule
-from fspkd.engine import train
-from fspkd.runlog import read_metrics
+from fspkd.core.checkpoint import load_checkpoint
+from fspkd.core.config import RunConfig, Schedule
+from fspkd.training.run import train
+from fspkd.training.runlog import read_metrics
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "teacher"
     train(RunConfig(data="synthetic:320,100", model="resnet14", batch_size=32, eval_every=4,
-                    train=Schedule(iterations=4, lr=0.05)), out, progress=False)
+                    task=Schedule(iterations=4, lr=0.05)), out, progress=False)
     return out
 
 
@@ -33,7 +33,7 @@ def test_bf16_fsp_run_stays_finite_with_float32_fsp_matrices(teacher_dir, tmp_pa
     monkeypatch.setattr(fsp_method, "fsp_matrix", recording_fsp_matrix)
     config = RunConfig(method="fsp", teacher=str(teacher_dir), model="resnet8", data="synthetic:320,100",
                        batch_size=32, eval_every=4, precision="bf16", stage1=Schedule(iterations=6, lr=1e-3),
-                       train=Schedule(iterations=6, lr=0.05, milestones=[3]))
+                       task=Schedule(iterations=6, lr=0.05, milestones=[3]))
     summary = train(config, tmp_path / "bf16", progress=False)
     assert True in seen["autocast"]  # the student's forward really ran under autocast
     assert (torch.bfloat16, torch.float32) in seen["dtypes"]  # bf16 features in, float32 matrix out

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from datafakes import write_image_folder
+
 from fspkd.cli import main
-from fspkd.config import RunConfig
-from fspkd.errors import FspkdError
-from fspkd.inference import evaluate_checkpoints
+from fspkd.core.config import RunConfig
+from fspkd.core.errors import FspkdError
+from fspkd.experiments.paper_tables import list_tables, load_table, parse_table, scale_config
+from fspkd.experiments.reproduce import held_out_split
 from fspkd.models import create
-from fspkd.recipes import list_recipes, load_recipe, parse_recipe, scale_config
-from fspkd.reproduce import held_out_split
+from fspkd.training.inference import evaluate_checkpoints
 
 DATA = "synthetic:320,100"
 SCALE = 0.0002
@@ -46,7 +46,7 @@ def check_against_summaries(results: dict, out: Path) -> None:
     split = results["split"]
     for row in results["rows"]:
         summaries = [summary(out, run) for run in row["runs"]]
-        nets = [m[f"{split}_acc"] for s in summaries for m in s["members"]]
+        nets = [m[f"{split}_acc"] for s in summaries for m in s["per_student"]]
         assert row["nets"] == nets
         assert row["avg"] == pytest.approx(sum(nets) / len(nets))
         assert row["iterations"] == sum(s["total_iterations"] for s in summaries)
@@ -56,7 +56,7 @@ def check_against_summaries(results: dict, out: Path) -> None:
         elif len(summaries) == 1:
             assert row["ensemble"] == summaries[0][f"ensemble_{split}_acc"]
         else:
-            weights = [str(out / r / m["weights"]) for r, s in zip(row["runs"], summaries) for m in s["members"]]
+            weights = [str(out / r / m["weights"]) for r, s in zip(row["runs"], summaries) for m in s["per_student"]]
             config = RunConfig.from_dict(yaml.safe_load((out / row["runs"][0] / "config.yaml").read_text()))
             again = evaluate_checkpoints(weights, data=config.data, split=split, val_split=config.val_split,
                                          seed=config.seed, image_size=config.image_size)
@@ -79,18 +79,18 @@ def fast_cifar10(tmp_path_factory):
 def test_fast_cifar10_every_row_kind(fast_cifar10):
     results, out = fast_cifar10
     check_against_summaries(results, out)
-    recipe = load_recipe("fast-cifar10")
-    assert [r["label"] for r in results["rows"]] == [r.label for r in recipe.rows]
+    table = load_table("fast-cifar10")
+    assert [r["label"] for r in results["rows"]] == [r.label for r in table.rows]
     assert all(len(r["nets"]) == 3 for r in results["rows"])
     rows = {r["label"]: r for r in results["rows"]}
     # Student*: one stage 1 counted once, three stage-2 students
-    student = scale_config(recipe.runs["student"], SCALE)
-    assert rows["Student* (one stage 1)"]["iterations"] == student.stage1.iterations + 3 * student.train.iterations
+    student = scale_config(table.runs["student"], SCALE)
+    assert rows["Student* (one stage 1)"]["iterations"] == student.stage1.iterations + 3 * student.task.iterations
     assert summary(out, "student")["stages"]["stage1"]["iterations"] == student.stage1.iterations
     # Student*†: three FSP runs, each with its own stage 1 and its own shuffle of the teacher's FSP
     shuffles = [yaml.safe_load((out / f"shuffled{k}" / "config.yaml").read_text())["shuffle_seed"] for k in (1, 2, 3)]
     assert len(set(shuffles)) == 3
-    assert rows["Student*† (shuffled FSP)"]["iterations"] == 3 * (student.stage1.iterations + student.train.iterations)
+    assert rows["Student*† (shuffled FSP)"]["iterations"] == 3 * (student.stage1.iterations + student.task.iterations)
     # Teacher‡: each copy starts from its own teacher
     teachers = [yaml.safe_load((out / f"copy{k}" / "config.yaml").read_text())["teacher"] for k in (1, 2, 3)]
     assert teachers == [str(out / "teacher" / f"final-{k}.pt") for k in (1, 2, 3)]
@@ -102,7 +102,7 @@ def test_fast_cifar10_every_row_kind(fast_cifar10):
 def test_results_json_matches_report_timing(fast_cifar10):
     results, out = fast_cifar10
     timing = results["timing"]
-    assert timing["normal_s_per_100_it"] == summary(out, "teacher")["stages"]["train"]["s_per_100_it"]
+    assert timing["normal_s_per_100_it"] == summary(out, "teacher")["stages"]["task"]["s_per_100_it"]
     assert timing["stage1_live_s_per_100_it"] == summary(out, "student")["stages"]["stage1"]["s_per_100_it"]
     assert timing["stage1_stored_s_per_100_it"] is None  # no run used stored FSP: a note, not an invented number
     report = (out / "report.md").read_text()
@@ -131,7 +131,7 @@ def test_other_settings_need_another_out(fast_cifar10, capsys):
 def test_other_cifar_experiments(experiment, tmp_path):
     results = reproduce_cli(experiment, tmp_path, "--data", DATA)
     check_against_summaries(results, tmp_path)
-    expected = 3 if load_recipe(experiment).layout == "three" else 1
+    expected = 3 if load_table(experiment).layout == "three" else 1
     assert all(len(r["nets"]) == expected for r in results["rows"])
 
 
@@ -196,37 +196,37 @@ def test_transfer_needs_a_teacher(tmp_path, capsys):
 
 
 def test_recipes_hold_the_papers_settings_at_scale_1():
-    assert set(list_recipes()) == {"fast-cifar10", "fast-cifar100", "small-cifar10", "small-cifar100", "transfer"}
-    for name in list_recipes():
-        recipe = load_recipe(name)
-        assert recipe.command.startswith(f"fspkd reproduce {name} ")
-        assert all(c.batch_size == 128 for c in recipe.runs.values())
+    assert set(list_tables()) == {"fast-cifar10", "fast-cifar100", "small-cifar10", "small-cifar100", "transfer"}
+    for name in list_tables():
+        table = load_table(name)
+        assert table.command.startswith(f"fspkd reproduce {name} ")
+        assert all(c.batch_size == 128 for c in table.runs.values())
         # lambda x stage-1 lr as on CIFAR at the paper's lr 1e-3 and the default lambda 0.01 (paper.md section 8)
-        for config in recipe.runs.values():
+        for config in table.runs.values():
             if config.method == "fsp":
                 assert config.fsp_lambda * config.stage1.lr == pytest.approx(0.01 * 0.001)
-    table1 = load_recipe("fast-cifar10").runs
-    assert (table1["teacher"].train.iterations, table1["teacher"].train.milestones) == (64000, [32000, 48000])
+    table1 = load_table("fast-cifar10").runs
+    assert (table1["teacher"].task.iterations, table1["teacher"].task.milestones) == (64000, [32000, 48000])
     assert (table1["student"].stage1.lr, table1["student"].stage1.milestones) == (0.001, [11000, 16000])
     assert table1["fitnet1"].stage1.iterations == 35000
-    assert load_recipe("fast-cifar100").runs["student"].stage1.milestones == [16000, 24000]
-    transfer = load_recipe("transfer").runs["fsp"]
-    assert (transfer.stage1.lr, transfer.train.milestones) == (0.1, [10000, 20000])
+    assert load_table("fast-cifar100").runs["student"].stage1.milestones == [16000, 24000]
+    transfer = load_table("transfer").runs["fsp"]
+    assert (transfer.stage1.lr, transfer.task.milestones) == (0.1, [10000, 20000])
 
 
 def test_scale_multiplies_iterations_milestones_and_eval_interval():
-    config = load_recipe("fast-cifar10").runs["student"]
+    config = load_table("fast-cifar10").runs["student"]
     small = scale_config(config, 0.01)
     assert (small.stage1.iterations, small.stage1.milestones) == (210, [110, 160])
-    assert (small.train.iterations, small.eval_every) == (210, round(config.eval_every * 0.01))
+    assert (small.task.iterations, small.eval_every) == (210, round(config.eval_every * 0.01))
     with pytest.raises(FspkdError, match="--scale"):
         scale_config(config, 0)
 
 
-def test_recipe_errors_name_the_problem():
-    data = yaml.safe_load((Path(__file__).parents[1] / "src/fspkd/recipes/small-cifar10.yaml").read_text())
+def test_paper_table_errors_name_the_problem():
+    data = yaml.safe_load((Path(__file__).parents[1] / "src/fspkd/experiments/paper_tables/small-cifar10.yaml").read_text())
     data["runs"]["fsp"]["teacher"] = "nobody"
     with pytest.raises(FspkdError, match="run 'fsp' takes its teacher from 'nobody'"):
-        parse_recipe(data, where="bad.yaml")
+        parse_table(data, where="bad.yaml")
     with pytest.raises(FspkdError, match="--val-split"):
         held_out_split({"run": {"val_acc": None, "test_acc": None}})

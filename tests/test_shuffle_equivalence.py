@@ -3,9 +3,9 @@ the weights that read it, gives an equivalent network whose FSP matrices are per
 
 import torch
 
-from fspkd.fsp import ChannelShuffle, fsp_matrix
+from fspkd.core.fsp import ChannelShuffle, fsp_matrix
+from fspkd.core.taps import FeatureTaps
 from fspkd.models import create
-from fspkd.taps import FeatureTaps
 
 
 def permute_out(conv_or_bn, perm):

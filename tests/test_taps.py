@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
-from fspkd.errors import FspkdError
+from fspkd.core.errors import FspkdError
+from fspkd.core.taps import FeatureTaps, parse_tap, tap_channels
 from fspkd.models import create
-from fspkd.taps import FeatureTaps, parse_tap, tap_channels
 
 
 def small_net():

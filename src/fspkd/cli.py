@@ -8,9 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from .config import RunConfig, Schedule, load_yaml, parse_value
-from .errors import FspkdError
-from .fsp_recipes import DEFAULT_FSP_RECIPE, FSP_RECIPES, apply_recipe
+from fspkd.core.config import RunConfig, load_yaml, parse_value
+from fspkd.core.errors import FspkdError
+from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, resolve_config
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -42,7 +42,7 @@ DISTILL_FLAGS = {
     "--method": ("method", str, "fsp (default) | kd | fitnet | copy"),
     "--teacher": ("teacher", str, "teacher checkpoint: one of our run folders / .pt files, or a foreign state dict"),
     "--teacher-model": ("teacher_model", str, "the teacher's architecture (needed for foreign checkpoints)"),
-    "--students": ("students", int, "stage-2 students trained from one stage 1 (default 1)"),
+    "--students": ("students", int, "students trained on the task from one stage 1 (default 1)"),
     "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
     "--fsp-first": ("fsp_first", str, "section start taken 'before' or 'after' its down-sampling block; "
                    "default: the recipe's (paper: before, fast: after; 'after' becomes 'before' "
@@ -56,9 +56,9 @@ DISTILL_FLAGS = {
     "--stored-fsp-views": ("stored_fsp_views", int, "augmented views stored per image with --stored-fsp (default 4)"),
     "--stored-fsp-dtype": ("stored_fsp_dtype", str, "float16 (default) or float32 storage of --stored-fsp targets"),
 }
-# Stage 1 as the paper shapes it, relative to the task stage: (length ratio, lr, milestones as fractions of stage 1).
-# FSP: 21k iterations, lr / 10 at 11k and 16k, as long as stage 2; FitNet hints: 35k, lr / 10 at 25k, against 21k.
-PAPER_STAGE1 = {"fsp": (1.0, 1e-3, [11 / 21, 16 / 21]), "fitnet": (35 / 21, 1e-4, [25 / 35])}
+# on/off flags (--x / --no-x), each a RunConfig key
+SWITCHES = ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher", "fast_teacher",
+            "fsp_pre_relu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,9 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "channels-last (default on; same matrices up to float rounding)")
     distill.add_argument("--fsp-recipe", choices=sorted(FSP_RECIPES), default=argparse.SUPPRESS,
                          help=f"FSP settings by name (default {DEFAULT_FSP_RECIPE!r}): 'paper' = Algorithm 1 as "
-                         "printed (SGD stage 1, raw matrices, stage-2 lr 0.1); 'fast' = Adam stage 1 on unit-norm "
-                         "matrices, stage-2 lr 0.005, the best setting of docs/fast-optimization-study.md (measured "
-                         "at 500 and 1,500 iterations); flags override it")
+                         "printed (SGD stage 1, raw matrices, task lr 0.1); 'fast' = Adam stage 1 on unit-norm "
+                         "matrices, task lr 0.005, the best measured setting (docs/findings.md); flags override it")
     distill.add_argument("--teacher-option", action="append", default=[], metavar="KEY=VALUE",
                          help="teacher architecture option, e.g. width=4 (repeatable)")
     _add_schedule_flags(distill, "stage1-", "stage 1 (FSP / hint training)")
@@ -159,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "after it (the fast recipe's)")
     bench.set_defaults(handler=_bench)
     _add_reproduce(sub)
-    study = sub.add_parser("study", help="the fast-optimization study (docs/fast-optimization-study.md): "
+    study = sub.add_parser("study", help="the fast-optimization study (docs/findings.md): "
                            "scratch, FSP (paper / best), KD and FitNet students at equal task-stage budgets")
     study.add_argument("--out", default="runs/study", help="output folder (default runs/study); rerun to resume")
     study.add_argument("--data", default="cifar10:../shared/data/cifar10-train-jpg.tar.gz", help="data spec")
@@ -199,7 +198,7 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
                         help="channels-last memory format (often faster on CPU)")
     parser.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="SyncBatchNorm under multi-GPU torchrun (default on; CPU runs keep per-process BN)")
-    _add_schedule_flags(parser, "", "the task stage (stage 2 of two-stage methods)")
+    _add_schedule_flags(parser, "", "the task stage (the second of two-stage methods)")
 
 
 def _add_schedule_flags(parser, prefix: str, what: str) -> None:
@@ -210,67 +209,44 @@ def _add_schedule_flags(parser, prefix: str, what: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Defaults, then the --config file (with --resume: the run's saved config.yaml), then the flags given."""
+    """The run's settings: the --config file (with --resume: the run's saved config.yaml), then the flags given,
+    resolved by ``fspkd.resolve_config`` as the Python API resolves them."""
     saved = Path(args.out) / "config.yaml" if getattr(args, "resume", False) else None
-    if saved is not None and saved.exists():
-        data = load_yaml(saved)
-    else:
-        data = load_yaml(args.config) if getattr(args, "config", None) else {}
-    file_data = dict(data)
-    data.pop("fsp_recipe", None)  # a recipe name may stand in a config file too; it is resolved below
-    given = vars(args)
+    source = saved if saved is not None and saved.exists() else getattr(args, "config", None)
+    given = load_yaml(source) if source else {}
+    flags = vars(args)
     for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
-        dest = flag[2:].replace("-", "_")
-        if dest in given:
-            data[key] = given[dest]
-    for flag in ("augment", "flip", "channels_last", "sync_bn", "stored_fsp", "compile_teacher", "fast_teacher",
-                 "fsp_pre_relu"):
-        if flag in given:
-            data[flag] = given[flag]
+        if flag[2:].replace("-", "_") in flags:
+            given[key] = flags[flag[2:].replace("-", "_")]
+    for key in SWITCHES + ("fsp_recipe",):
+        if key in flags:
+            given[key] = flags[key]
     for key in ("fsp_pairs", "teacher_fsp_pairs"):
-        if key in given:
-            data[key] = _parse_pairs(given[key])
-    data["method"] = given.get("method", data.get("method", "fsp"))
-    _merge_options(data, "model_options", given.get("model_option", []))
-    _merge_options(data, "teacher_options", given.get("teacher_option", []))
-    config = RunConfig.from_dict(data, where=str(saved or args.config or "configuration"))
-    config.train = _schedule_from_args(config.train, given, "")
-    if config.method in PAPER_STAGE1 or config.stage1 is not None:
-        config.stage1 = _schedule_from_args(config.stage1 or _paper_stage1(config), given, "stage1_")
-    if config.method == "fsp":
-        recipe = given.get("fsp_recipe", file_data.get("fsp_recipe", DEFAULT_FSP_RECIPE))
-        config = apply_recipe(config, recipe, keep=_explicit_keys(file_data, given))
-    return config
+        if key in flags:
+            given[key] = _parse_pairs(flags[key])
+    for stage, prefix in (("task", ""), ("stage1", "stage1_")):
+        _merge_schedule_flags(given, stage, flags, prefix)
+    if args.handler is _train:
+        given.update(method="plain")
+        given.pop("stage1", None)  # a config file shared with a distillation run
+    else:
+        given.setdefault("method", "fsp")
+    _merge_options(given, "model_options", flags.get("model_option", []))
+    _merge_options(given, "teacher_options", flags.get("teacher_option", []))
+    return resolve_config(given, where=str(source or "configuration"))
 
 
-def _explicit_keys(file_data: dict, given: dict) -> set[str]:
-    """Settings named in the config file or by a flag, as RunConfig keys and 'stage1.lr'-style schedule keys."""
-    keys = set(file_data)
-    for stage in ("stage1", "train"):
-        keys |= {f"{stage}.{k}" for k in (file_data.get(stage) or {})}
-        prefix = "stage1_" if stage == "stage1" else ""
-        keys |= {f"{stage}.{name.replace('-', '_')}" for name in SCHEDULE_FLAGS
-                 if f"{prefix}{name}".replace("-", "_") in given}
-    keys |= {key for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items() if flag[2:].replace("-", "_") in given}
-    return keys
-
-
-def _paper_stage1(config: RunConfig) -> Schedule:
-    ratio, lr, fractions = PAPER_STAGE1[config.method]
-    iterations = max(1, round(ratio * config.train.iterations))
-    return Schedule(iterations=iterations, lr=lr, milestones=[round(f * iterations) for f in fractions])
-
-
-def _schedule_from_args(schedule: Schedule, given: dict, prefix: str) -> Schedule:
-    values = {k: v for k, v in vars(schedule).items()}
-    for name in SCHEDULE_FLAGS:
-        dest = f"{prefix}{name}".replace("-", "_")
-        if dest in given:
-            values[name.replace("-", "_")] = given[dest]
-    if f"{prefix}iterations" in given and f"{prefix}milestones" not in given:
-        iterations = values["iterations"]
-        values["milestones"] = [round(0.5 * iterations), round(0.75 * iterations)]
-    return Schedule(**values)
+def _merge_schedule_flags(given: dict, stage: str, flags: dict, prefix: str) -> None:
+    """The schedule flags given for ``stage`` over its settings in ``given``; a new length without milestones
+    drops the old milestones, so the schedule takes the paper's shape again."""
+    named = {name.replace("-", "_"): flags[f"{prefix}{name}".replace("-", "_")] for name in SCHEDULE_FLAGS
+             if f"{prefix}{name}".replace("-", "_") in flags}
+    if not named:
+        return
+    schedule = dict(given.get(stage) or {})
+    if "iterations" in named and "milestones" not in named:
+        schedule.pop("milestones", None)
+    given[stage] = {**schedule, **named}
 
 
 def _parse_pairs(text: str) -> list[list[str]]:
@@ -291,7 +267,7 @@ def _merge_options(data: dict, key: str, items: list[str]) -> None:
 
 
 def _run(args, config: RunConfig) -> int:
-    from .engine import train
+    from fspkd.training.run import train
 
     if args.resume and not _names_settings(args):
         config = None  # continue with the run's saved config.yaml
@@ -312,10 +288,7 @@ def _names_settings(args) -> bool:
 
 
 def _train(args) -> int:
-    config = config_from_args(args)
-    config.method = "plain"
-    config.stage1 = None
-    return _run(args, config)
+    return _run(args, config_from_args(args))
 
 
 def _distill(args) -> int:
@@ -323,7 +296,7 @@ def _distill(args) -> int:
 
 
 def _eval(args) -> int:
-    from .inference import evaluate_checkpoints
+    from fspkd.training.inference import evaluate_checkpoints
 
     results = evaluate_checkpoints(
         args.weights, data=args.data, split=args.split, model=args.model,
@@ -347,7 +320,7 @@ def _option_pairs(items):
 
 
 def _demo(args) -> int:
-    from .demo import run_demo
+    from fspkd.experiments.demo import run_demo
 
     run_demo(Path(args.out), scale=args.scale)
     return 0
@@ -356,7 +329,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     import torch
 
-    from .bench import format_table, run_bench
+    from fspkd.experiments.bench import format_table, run_bench
 
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
     if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
@@ -391,10 +364,10 @@ def _thread_counts(text: str) -> list[int]:
 
 
 def _add_reproduce(sub) -> None:
-    from .recipes import list_recipes
+    from fspkd.experiments.paper_tables import list_tables
 
     parser = sub.add_parser("reproduce", help="one of the paper's tables: every run, report.md and figures")
-    parser.add_argument("experiment", choices=list_recipes(), help="the paper's experiment (recipe)")
+    parser.add_argument("experiment", choices=list_tables(), help="the paper's experiment (one of its tables)")
     parser.add_argument("--data", required=True, help="data spec, e.g. cifar10:PATH (any set the runs accept)")
     parser.add_argument("--val-split", type=float, default=0.0, help="held-out validation fraction (needed "
                         "when the data has no test split; accuracies are then validation accuracies)")
@@ -404,7 +377,7 @@ def _add_reproduce(sub) -> None:
                         "are reused, interrupted ones resumed")
     parser.add_argument("--teacher", help="transfer: the teacher trained elsewhere (torchvision-format state "
                         "dict, or one of our checkpoints)")
-    parser.add_argument("--teacher-model", help="that teacher's architecture (default: the recipe's)")
+    parser.add_argument("--teacher-model", help="that teacher's architecture (default: the table's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a run setting for every run, e.g. batch_size=32 (repeatable; marks the report)")
     parser.add_argument("--model-override", action="append", default=[], metavar="OLD=NEW",
@@ -415,7 +388,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _reproduce(args) -> int:
-    from .reproduce import Options, reproduce
+    from fspkd.experiments.reproduce import Options, reproduce
 
     models = dict(_option_pairs(args.model_override))
     options = Options(data=args.data, scale=args.scale, val_split=args.val_split, teacher=args.teacher,
@@ -433,12 +406,12 @@ def _reproduce(args) -> int:
         print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
         return 1
 def _study(args) -> int:
-    from .study import BASE_ARMS, run_study, write_report
+    from fspkd.experiments.study import BASE_ARMS, run_study, write_report
 
     arms = [a for a in args.arms.split(";") if a] if args.arms else list(BASE_ARMS)
     budgets = [int(b) for b in args.budgets.split(",") if b]
-    base = RunConfig(data=args.data, val_split=args.val_split, normalize=args.normalize, teacher=args.teacher,
-                     teacher_model=args.teacher_model, model=args.model, students=args.students, seed=args.seed)
+    base = {"data": args.data, "val_split": args.val_split, "normalize": args.normalize, "teacher": args.teacher,
+            "teacher_model": args.teacher_model, "model": args.model, "students": args.students, "seed": args.seed}
     if args.report_only:
         print(write_report(Path(args.out), arms, budgets))
     else:
@@ -447,7 +420,7 @@ def _study(args) -> int:
 
 
 def _list_models() -> list[str]:
-    from .models import list_models
+    from fspkd.models import list_models
 
     return list_models()
 

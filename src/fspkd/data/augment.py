@@ -103,7 +103,7 @@ def _window_mask(channels: int, height: int, width: int, shift_y: int, shift_x: 
 class FixedViews:
     """A fixed set of `count` augmented views per image: crop offsets (oy, ox) and a flip flag, each (N, count).
 
-    Stored teacher FSP targets (``fspkd.fsp_store``) exist for these views only, so a loader that uses them
+    Stored teacher FSP targets (``fspkd.accel.fsp_store``) exist for these views only, so a loader that uses them
     crops and flips each image as one of its views instead of drawing fresh parameters.
     """
 

@@ -18,9 +18,9 @@ from typing import Callable
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from fspkd.core.atomic import atomic_write
+from fspkd.core.errors import FspkdError
 from fspkd.data.sets import DecodedDataset, ImageSet
-from fspkd.atomic import atomic_write
-from fspkd.errors import FspkdError
 
 FORMAT_VERSION = 1
 

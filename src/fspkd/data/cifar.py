@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.filetree import FileTree, find_root
 from fspkd.data.imagefolder import has_image_folder_layout, read_image_folder
 from fspkd.data.safe_pickle import load_pickle
 from fspkd.data.sets import DecodedDataset, ImageSet
-from fspkd.errors import FspkdError
 
 # Per variant: marker file of the python layout, train files, test file, meta file, label key, names key.
 LAYOUTS = {

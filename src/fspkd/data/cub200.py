@@ -3,10 +3,10 @@ classes.txt, images/)."""
 
 from __future__ import annotations
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.filetree import FileTree, find_root
 from fspkd.data.imagefolder import decode_labelled
 from fspkd.data.sets import DecodedDataset
-from fspkd.errors import FspkdError
 
 
 def read_cub200(tree: FileTree, size: int) -> DecodedDataset:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 from PIL import Image
 
-from fspkd.errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
 

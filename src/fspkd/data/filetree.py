@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from fspkd.errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.decode import decode_image, is_image_name
 from fspkd.data.filetree import FileTree, find_root
 from fspkd.data.sets import DecodedDataset, ImageSet
-from fspkd.errors import FspkdError
 
 TEST_FOLDER_NAMES = ("test", "val")  # the first one present is the test split
 

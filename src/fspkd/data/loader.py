@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.augment import FixedViews, grouped_crops, random_flips, random_offsets
-from fspkd.errors import FspkdError
 
 
 class BatchLoader:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.sets import Splits
-from fspkd.errors import FspkdError
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy
 
-from fspkd.errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 try:  # numpy >= 2
     from numpy._core.multiarray import _reconstruct as _RECONSTRUCT

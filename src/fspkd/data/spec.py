@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.cache import cached_decode
 from fspkd.data.cifar import read_cifar, resize_decoded
 from fspkd.data.cub200 import read_cub200
@@ -13,7 +14,6 @@ from fspkd.data.sets import DecodedDataset, Splits
 from fspkd.data.split import check_val_split, split_off_val
 from fspkd.data.stats import channel_stats
 from fspkd.data.synthetic import DEFAULT_TEST, DEFAULT_TRAIN, make_synthetic
-from fspkd.errors import FspkdError
 
 BUILTIN_NAMES = ("", "builtin", "synthetic")
 DEFAULT_IMAGE_SIZE = {"cifar10": 32, "cifar100": 32, "imagefolder": 64, "cub200": 64, "synthetic": 32}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from fspkd.core.errors import FspkdError
 from fspkd.data.sets import ImageSet
-from fspkd.errors import FspkdError
 
 
 def check_val_split(val_split: float) -> float:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import difflib
 
-from ..errors import FspkdError
-from .base import Method
-from .fitnet import FitNet
-from .fsp import FSP
-from .kd import KD
-from .plain import Copy, Plain
+from fspkd.core.errors import FspkdError
+from fspkd.methods.base import Method
+from fspkd.methods.fitnet import FitNet
+from fspkd.methods.fsp import FSP
+from fspkd.methods.kd import KD
+from fspkd.methods.plain import Copy, Plain
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Plain, FSP, KD, FitNet, Copy)}
 

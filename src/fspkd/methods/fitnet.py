@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import FspkdError
-from ..taps import FeatureTaps
-from .base import Method, teacher_forward
+from fspkd.core.errors import FspkdError
+from fspkd.core.taps import FeatureTaps
+from fspkd.methods.base import Method, eval_mode, teacher_forward
 
 
 def hint_loss(guided: torch.Tensor, hint: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ class FitNet(Method):
     falling linearly over the stage (the paper: tau = 3, lambda from 4 to 1)."""
 
     name = "fitnet"
-    stages = ("stage1", "stage2")
+    stages = ("stage1", "task")
     feature_stages = ("stage1",)
     needs_teacher = True
 
@@ -50,11 +50,8 @@ class FitNet(Method):
         self.regressors = nn.ModuleList()
 
     def check(self, example):
-        with torch.no_grad():
-            was_training = self.student.training
-            self.student.eval()
+        with torch.no_grad(), eval_mode(self.student):
             self.student(example[:2])
-            self.student.train(was_training)
             teacher_forward(self.teacher, example[:2])
         regressors = []
         for s_tap, t_tap in zip(self.student_hints, self.teacher_hints):
@@ -71,8 +68,8 @@ class FitNet(Method):
     def extra_modules(self, stage):
         return {"regressors": self.regressors} if stage == "stage1" else {}
 
-    def step(self, stage, images, labels, progress):
-        logits = self.student_forward(images)
+    def step(self, stage, images, labels, progress, forward=None):
+        logits = (forward or self.student)(images)
         if stage == "stage1":
             with torch.inference_mode():
                 self.teacher(images)

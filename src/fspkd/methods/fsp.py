@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import FspkdError
-from ..fast_teacher import inference_teacher
-from ..fsp import ChannelShuffle, fsp_loss, fsp_matrix
-from ..models import create
-from ..taps import FeatureTaps, parse_tap
-from .base import Method
+from fspkd.accel.fast_teacher import inference_teacher
+from fspkd.core.errors import FspkdError
+from fspkd.core.fsp import ChannelShuffle, fsp_loss, fsp_matrix
+from fspkd.core.taps import FeatureTaps, parse_tap
+from fspkd.methods.base import Method, eval_mode
+from fspkd.models import create
 
 
 def declared_pairs(model, explicit, first: str, role: str, pre_relu: bool = False) -> list[tuple[str, str]]:
@@ -20,7 +20,7 @@ def declared_pairs(model, explicit, first: str, role: str, pre_relu: bool = Fals
         raise FspkdError(
             f"the {role} model declares no FSP tap points; name them with --fsp-pairs 'a>b,c>d' (module paths)"
         )
-    return [tuple(p) for p in model.fsp_pairs(first, **_pre_relu_option(pre_relu))]
+    return [tuple(p) for p in model.fsp_pairs(first, pre_relu=pre_relu)]
 
 
 def section_start(first: str, *models) -> str:
@@ -33,16 +33,12 @@ def section_start(first: str, *models) -> str:
     return first
 
 
-def _pre_relu_option(pre_relu: bool) -> dict:
-    """Pass ``pre_relu`` only when set, so that models whose tap methods predate the option keep working."""
-    return {"pre_relu": True} if pre_relu else {}
-
-
 class FSP(Method):
-    """Stage 1: minimise the FSP loss only (teacher fixed). Stage 2: cross-entropy only, from the stage-1 weights."""
+    """Stage 1: minimise the FSP loss only (teacher fixed). Task stage: cross-entropy only, from the stage-1
+    weights."""
 
     name = "fsp"
-    stages = ("stage1", "stage2")
+    stages = ("stage1", "task")
     feature_stages = ("stage1",)
     needs_teacher = True
 
@@ -65,17 +61,15 @@ class FSP(Method):
             runner, self.teacher_forward = inference_teacher(teacher, keep=[parse_tap(t)[0] for t in teacher_taps])
         self.teacher_taps = FeatureTaps(runner, teacher_taps)
         self.shuffle: ChannelShuffle | None = None
-        self.stored_targets = None  # stage-1 target provider (fspkd.fsp_store) when config.stored_fsp
-        if config.compile_teacher:  # measured 1.1-1.2x faster live stage-1 steps on CPU
+        self.stored_targets = None  # stage-1 target provider (fspkd.accel.fsp_store) when config.stored_fsp
+        if config.compile_teacher:  # faster live stage-1 steps after a compilation (see fspkd bench --compile)
             self.teacher_forward = torch.compile(self.teacher_forward)
 
     def check(self, example):
         """Compare FSP matrix shapes pair by pair and build the shuffle once the channel counts are known."""
         with torch.no_grad():
-            was_training = self.student.training
-            self.student.eval()
-            student_g = self.student_matrices(example[:2])
-            self.student.train(was_training)
+            with eval_mode(self.student):
+                student_g = self.student_matrices(example[:2])
             teacher_g = self.live_teacher_matrices(example[:2])
         bad = [
             f"pair {i + 1} ({s_pair[0]} -> {s_pair[1]}): student {tuple(gs.shape[1:])}, teacher {tuple(gt.shape[1:])}"
@@ -94,12 +88,11 @@ class FSP(Method):
                 channels[first], channels[second] = g.shape[1], g.shape[2]
             groups = None
             if hasattr(self.teacher, "fsp_permutation_groups"):
-                groups = self.teacher.fsp_permutation_groups(self.section_start,
-                                                             **_pre_relu_option(self.config.fsp_pre_relu))
+                groups = self.teacher.fsp_permutation_groups(self.section_start, self.config.fsp_pre_relu)
             self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
 
-    def student_matrices(self, images):
-        self.student_forward(images)
+    def student_matrices(self, images, forward=None):
+        (forward or self.student)(images)
         return _matrices(self.student_taps, self.student_pairs)
 
     @torch.inference_mode()
@@ -110,13 +103,13 @@ class FSP(Method):
         self.teacher_taps.clear()
         return matrices
 
-    # -- stored teacher targets (fspkd.fsp_store): stage 1 without running the teacher --------------------
+    # -- stored teacher targets (fspkd.accel.fsp_store): stage 1 without running the teacher --------------------
     def bind_loader(self, stage, loader):
         """With ``stored_fsp``, stage 1 reads its targets from the store of this loader's data (built if new)."""
         if stage != "stage1" or not self.config.stored_fsp:
             self.stored_targets = None
             return
-        from ..fsp_store import stored_targets
+        from fspkd.accel.fsp_store import stored_targets
 
         self.stored_targets = stored_targets(
             self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
@@ -132,10 +125,10 @@ class FSP(Method):
             matrices = self.stored_targets(images)
         return self.shuffle(matrices) if self.shuffle is not None else matrices
 
-    def step(self, stage, images, labels, progress):
-        if stage == "stage2":
-            return super().step(stage, images, labels, progress)
-        student_g = self.student_matrices(images)
+    def step(self, stage, images, labels, progress, forward=None):
+        if stage == "task":
+            return super().step(stage, images, labels, progress, forward)
+        student_g = self.student_matrices(images, forward)
         teacher_g = self.teacher_matrices(images)
         if self.config.fsp_normalize == "frobenius":
             student_g, teacher_g = unit_matrices(student_g), unit_matrices(teacher_g)
@@ -175,7 +168,7 @@ def _matrices(taps, pairs):
     return [fsp_matrix(features[a], features[b]) for a, b in pairs]
 
 
-# -- study options (issue 8, docs/fast-optimization-study.md) ---------------------------------------------------
+# -- beyond the paper (docs/findings.md) ---------------------------------------------------------------------------
 
 
 def unit_matrices(matrices):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Method, teacher_forward
+from fspkd.methods.base import Method, teacher_forward
 
 
 def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -24,8 +24,8 @@ class KD(Method):
     name = "kd"
     needs_teacher = True
 
-    def step(self, stage, images, labels, progress):
-        logits = self.student_forward(images)
+    def step(self, stage, images, labels, progress, forward=None):
+        logits = (forward or self.student)(images)
         teacher_logits = teacher_forward(self.teacher, images)
         task = F.cross_entropy(logits, labels)
         soft = kd_loss(logits, teacher_logits, self.config.kd_temperature)

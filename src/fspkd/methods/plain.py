@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import FspkdError
-from .base import Method
+from fspkd.core.errors import FspkdError
+from fspkd.methods.base import Method
 
 
 class Plain(Method):

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import FspkdError
-from .registry import register_model
-from .sections import SectionedNet, init_weights
+from fspkd.core.errors import FspkdError
+from fspkd.models.registry import register_model
+from fspkd.models.sections import SectionedNet, init_weights
 
 SHORTCUTS = ("A", "B")
 

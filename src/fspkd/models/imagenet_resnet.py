@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import register_model
-from .sections import SectionedNet, init_weights
+from fspkd.models.registry import register_model
+from fspkd.models.sections import SectionedNet, init_weights
 
 SECTION_CHANNELS = (64, 128, 256, 512)
 

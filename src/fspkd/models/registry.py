@@ -8,7 +8,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..errors import FspkdError
-from ..taps import parse_tap
+from fspkd.core.errors import FspkdError
+from fspkd.core.taps import parse_tap
 
 
 class SectionedNet(nn.Module):

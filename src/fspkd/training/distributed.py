@@ -49,15 +49,6 @@ def teardown(ctx: Context, wait: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def mean_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
-    """The mean of ``values`` over all ranks (the values themselves on one process)."""
-    if not ctx.distributed:
-        return values
-    values = values.detach().clone()
-    dist.all_reduce(values)
-    return values / ctx.world_size
-
-
 def average_gradients(params, ctx: Context) -> None:
     """Replace each gradient by its mean over ranks (what DDP does for the modules it wraps)."""
     _average_in_place([p.grad for p in params if p.grad is not None], ctx)
@@ -82,6 +73,8 @@ def _average_in_place(tensors: list[torch.Tensor], ctx: Context) -> None:
 
 
 def sum_over_ranks(values: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The sum of ``values`` over all ranks (the values themselves on one process); divide by
+    ``ctx.world_size`` for the mean."""
     if not ctx.distributed:
         return values
     values = values.detach().clone()

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None], what: str = "the file") -> None:
@@ -40,3 +40,8 @@ def _fsync(path, flags: int) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def write_text_atomic(target: str | os.PathLike, text: str, what: str = "the file") -> None:
+    """``target`` holding ``text``, written whole or not at all."""
+    atomic_write(target, lambda path: path.write_text(text), what)

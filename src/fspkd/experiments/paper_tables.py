@@ -1,7 +1,7 @@
-"""The paper's experiments as data: ``recipes/*.yaml`` read into run configurations.
+"""The paper's experiments as data: ``paper_tables/*.yaml`` read into run configurations.
 
-A recipe names its runs (RunConfig keys over a shared ``base``) and the table rows built from them. A run's
-``teacher`` is another run's name (its ``final.pt``), ``NAME/final-K.pt`` (one member of a several-student
+A paper table names its runs (RunConfig keys over a shared ``base``) and the table rows built from them. A run's
+``teacher`` is another run's name (its ``final.pt``), ``NAME/final-K.pt`` (one student of a several-student
 run) or ``@teacher`` (the ``--teacher`` file). ``new_head: true`` starts a ``copy`` run from the teacher's
 weights with a freshly initialised classifier for this data (fine-tuning a teacher from another data set).
 """
@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from .config import RunConfig
-from .errors import FspkdError
+from fspkd.core.config import RunConfig
+from fspkd.core.errors import FspkdError
+from fspkd.core.settings import resolve_config
 
 EXTERNAL_TEACHER = "@teacher"
 LAYOUTS = ("three", "single")  # three nets per row (Tables 1-2) or one (Tables 3-5)
@@ -33,7 +34,7 @@ class Row:
 
 
 @dataclass
-class Recipe:
+class PaperTable:
     """One experiment of the paper: its runs (in dependency order) and its table."""
 
     name: str
@@ -52,21 +53,21 @@ class Recipe:
         return {name: c.teacher.split("/")[0] for name, c in self.runs.items() if c.teacher}
 
 
-def list_recipes() -> list[str]:
+def list_tables() -> list[str]:
     """Names of the packaged experiments (``fspkd reproduce NAME``)."""
-    return sorted(p.name[:-5] for p in _recipe_dir().iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[:-5] for p in _tables_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_recipe(name: str) -> Recipe:
-    """The packaged recipe ``name``, validated."""
-    if name not in list_recipes():
-        raise FspkdError(f"unknown experiment {name!r}; valid experiments: {', '.join(list_recipes())}")
-    text = (_recipe_dir() / f"{name}.yaml").read_text()
-    return parse_recipe(yaml.safe_load(text), where=f"recipes/{name}.yaml", command=text.splitlines()[0])
+def load_table(name: str) -> PaperTable:
+    """The packaged paper table ``name``, validated."""
+    if name not in list_tables():
+        raise FspkdError(f"unknown experiment {name!r}; valid experiments: {', '.join(list_tables())}")
+    text = (_tables_dir() / f"{name}.yaml").read_text()
+    return parse_table(yaml.safe_load(text), where=f"paper_tables/{name}.yaml", command=text.splitlines()[0])
 
 
-def parse_recipe(data: dict, where: str, command: str = "") -> Recipe:
-    """Build a Recipe from the YAML mapping of ``where`` (every run config validated, every reference known)."""
+def parse_table(data: dict, where: str, command: str = "") -> PaperTable:
+    """Build a PaperTable from the YAML mapping of ``where`` (every run config validated, every reference known)."""
     for key in ("experiment", "title", "layout", "paper_data", "base", "runs", "rows"):
         if key not in data:
             raise FspkdError(f"{where}: missing key {key!r}")
@@ -77,24 +78,27 @@ def parse_recipe(data: dict, where: str, command: str = "") -> Recipe:
         spec = dict(spec)
         if spec.pop("new_head", False):
             new_head.add(name)
-        runs[name] = RunConfig.from_dict({**data["base"], **spec}, where=f"{where}, run {name}").validate()
+        spec = {**data["base"], **spec}
+        if spec.get("method") == "fsp":  # the paper's tables run Algorithm 1 as printed
+            spec.setdefault("fsp_recipe", "paper")
+        runs[name] = resolve_config(spec, where=f"{where}, run {name}")
     rows = [Row(r["label"], list(r["runs"]), dict(r.get("paper", {}))) for r in data["rows"]]
-    recipe = Recipe(data["experiment"], data["title"], data["layout"], data["paper_data"], runs, new_head, rows,
+    table = PaperTable(data["experiment"], data["title"], data["layout"], data["paper_data"], runs, new_head, rows,
                     list(data.get("choices", [])), dict(data.get("paper_timing", {})), command.lstrip("# "))
-    _check_references(recipe, where)
-    return recipe
+    _check_references(table, where)
+    return table
 
 
-def _check_references(recipe: Recipe, where: str) -> None:
-    order = list(recipe.runs)
-    for name, ref in recipe.teacher_refs().items():
-        if ref != EXTERNAL_TEACHER and (ref not in recipe.runs or order.index(ref) >= order.index(name)):
+def _check_references(table: PaperTable, where: str) -> None:
+    order = list(table.runs)
+    for name, ref in table.teacher_refs().items():
+        if ref != EXTERNAL_TEACHER and (ref not in table.runs or order.index(ref) >= order.index(name)):
             raise FspkdError(f"{where}: run {name!r} takes its teacher from {ref!r}, which is not an earlier run")
-    for row in recipe.rows:
-        unknown = [r for r in row.runs if r not in recipe.runs]
+    for row in table.rows:
+        unknown = [r for r in row.runs if r not in table.runs]
         if unknown:
             raise FspkdError(f"{where}: row {row.label!r} names unknown runs {unknown}")
-        missing = [k for k in PAPER_KEYS[recipe.layout] if k not in row.paper]
+        missing = [k for k in PAPER_KEYS[table.layout] if k not in row.paper]
         if missing:
             raise FspkdError(f"{where}: row {row.label!r} lacks the paper's {missing}")
 
@@ -105,20 +109,20 @@ def scale_config(config: RunConfig, scale: float) -> RunConfig:
         raise FspkdError(f"--scale must be > 0, got {scale}")
     return dataclasses.replace(
         config,
-        train=config.train.scaled(scale),
+        task=config.task.scaled(scale),
         stage1=config.stage1.scaled(scale) if config.stage1 is not None else None,
         eval_every=max(1, round(config.eval_every * scale)),
     )
 
 
 def apply_overrides(config: RunConfig, settings: dict[str, Any], models: dict[str, str]) -> RunConfig:
-    """Recipe settings replaced from the command line: RunConfig keys, and stand-ins for the networks the recipe
+    """Table settings replaced from the command line: RunConfig keys, and stand-ins for the networks the table
     trains (``OLD -> NEW``, the old model's options dropped)."""
     values = {**config.to_dict(), **settings}
     if values["model"] in models:
         values["model"], values["model_options"] = models[values["model"]], {}
-    return RunConfig.from_dict(values, where="--set / --model-override").validate()
+    return resolve_config(values, where="--set / --model-override")
 
 
-def _recipe_dir():
-    return resources.files("fspkd") / "recipes"
+def _tables_dir():
+    return resources.files("fspkd.experiments") / "paper_tables"

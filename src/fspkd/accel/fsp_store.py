@@ -31,10 +31,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data.augment import FixedViews
-from .data.cache import default_cache_dir
-from .atomic import atomic_write
-from .errors import FspkdError
+from fspkd.core.atomic import atomic_write
+from fspkd.core.errors import FspkdError
+from fspkd.data.augment import FixedViews
+from fspkd.data.cache import default_cache_dir
 
 FORMAT_VERSION = 1
 VIEW_SEED = 20170721  # fixed, so that the store does not depend on the run's seed

@@ -1,6 +1,6 @@
 """``fspkd reproduce EXPERIMENT``: every run of one of the paper's tables, then its report.
 
-Each run of the recipe is a run folder under ``out`` driven by ``fspkd.engine.train(..., resume=True)``: a
+Each run of the paper table is a run folder under ``out`` driven by ``fspkd.training.run.train(..., resume=True)``: a
 finished run is reused (its stored summary is read back), an interrupted one continues where it stopped. The
 table is then built from the runs' summaries (``results.json``) and written as ``report.md`` with figures.
 """
@@ -14,29 +14,31 @@ from typing import Any
 
 import torch
 
-from .checkpoint import save_checkpoint
-from .config import RunConfig, load_yaml
-from .data import parse_normalize
-from .engine import NonFiniteLoss, load_run_data, train
-from .errors import FspkdError
-from .inference import evaluate_checkpoints, load_network
-from .models import create
-from .recipes import EXTERNAL_TEACHER, Recipe, apply_overrides, load_recipe, scale_config
-from .report import write_reproduction_report
+from fspkd.core.checkpoint import save_checkpoint
+from fspkd.core.config import RunConfig, load_yaml
+from fspkd.core.errors import FspkdError
+from fspkd.data import parse_normalize
+from fspkd.experiments.paper_tables import EXTERNAL_TEACHER, PaperTable, apply_overrides, load_table, scale_config
+from fspkd.experiments.report import write_reproduction_report
+from fspkd.models import create
+from fspkd.training.build import load_run_data
+from fspkd.training.inference import evaluate_checkpoints, load_network
+from fspkd.training.records import weights_payload
+from fspkd.training.run import NonFiniteLoss, train
 
-STORED_FSP_NOTE = "not measured in this run: run the recipe again with --set stored_fsp=true"
+STORED_FSP_NOTE = "not measured in this run: run the table again with --set stored_fsp=true"
 LIVE_FSP_NOTE = "not measured in this run: every FSP run used --set stored_fsp=true"
 
 
 @dataclasses.dataclass
 class Options:
-    """What the command line changes in a recipe."""
+    """What the command line changes in a paper table."""
 
     data: str
     scale: float = 1.0
     val_split: float = 0.0
     teacher: str | None = None  # the @teacher file (transfer: an ImageNet ResNet-34 state dict)
-    teacher_model: str | None = None  # its architecture, when not the recipe's
+    teacher_model: str | None = None  # its architecture, when not the table's
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # RunConfig keys for every run
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # model stand-ins, OLD -> NEW
 
@@ -44,26 +46,26 @@ class Options:
 def reproduce(experiment: str, options: Options, out: str | Path, *, progress: bool = True,
               device: str | None = None) -> dict:
     """Run (or finish) every run of ``experiment`` under ``out``; write results.json and report.md there."""
-    recipe = load_recipe(experiment)
+    table = load_table(experiment)
     out = Path(out)
-    configs = run_configs(recipe, options, out)
+    configs = run_configs(table, options, out)
     out.mkdir(parents=True, exist_ok=True)
     summaries, failures = {}, {}
     for name, config in configs.items():
-        teacher_run = recipe.teacher_refs().get(name)
+        teacher_run = table.teacher_refs().get(name)
         if teacher_run in failures:
             failures[name] = f"not run: its teacher run {teacher_run!r} failed"
             continue
         if progress:
             print(f"== {experiment}: {name} ({config.method} {config.model})", flush=True)
-        if name in recipe.new_head:
+        if name in table.new_head:
             config = dataclasses.replace(config, teacher=str(_new_head_start(config, out, name)), teacher_model=None)
         _check_same_settings(config, out / name)
         try:
             summaries[name] = train(config, out / name, resume=True, progress=progress, device=device)
         except NonFiniteLoss as err:  # a diverged run is a result too: its row says so, the others go on
             failures[name] = str(err)
-    results = collect_results(recipe, options, configs, summaries, failures, out)
+    results = collect_results(table, options, configs, summaries, failures, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_reproduction_report(results, out)
     if progress:
@@ -71,12 +73,12 @@ def reproduce(experiment: str, options: Options, out: str | Path, *, progress: b
     return results
 
 
-def run_configs(recipe: Recipe, options: Options, out: Path) -> dict[str, RunConfig]:
-    """The recipe's runs as they will run: data, scale and overrides applied, teachers resolved to files."""
-    if options.teacher is None and EXTERNAL_TEACHER in recipe.teacher_refs().values():
-        raise FspkdError(f"experiment {recipe.name} needs a teacher trained elsewhere: pass --teacher PATH")
+def run_configs(table: PaperTable, options: Options, out: Path) -> dict[str, RunConfig]:
+    """The table's runs as they will run: data, scale and overrides applied, teachers resolved to files."""
+    if options.teacher is None and EXTERNAL_TEACHER in table.teacher_refs().values():
+        raise FspkdError(f"experiment {table.name} needs a teacher trained elsewhere: pass --teacher PATH")
     configs = {}
-    for name, config in recipe.runs.items():
+    for name, config in table.runs.items():
         config = dataclasses.replace(config, data=options.data, val_split=options.val_split)
         if config.teacher == EXTERNAL_TEACHER:
             model = options.teacher_model or config.teacher_model
@@ -118,43 +120,40 @@ def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
     net.load_state_dict({**ours, **kept})
     mean, std = parse_normalize(config.normalize, splits)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"model": net.state_dict(), "model_name": config.model,
-                           "model_options": dict(config.model_options), "num_classes": splits.num_classes,
-                           "classes": list(splits.classes), "mean": list(map(float, mean)),
-                           "std": list(map(float, std))})
+    save_checkpoint(path, weights_payload(net, config.model, config.model_options, splits, mean, std))
     return path
 
 
 # -- results --------------------------------------------------------------------------------------------------
-def collect_results(recipe: Recipe, options: Options, configs: dict[str, RunConfig], summaries: dict,
+def collect_results(table: PaperTable, options: Options, configs: dict[str, RunConfig], summaries: dict,
                     failures: dict, out: Path) -> dict:
     """The table (ours and the paper's, apart), the time accounting and the run settings, as plain data."""
     if not summaries:
-        raise FspkdError(f"every run of {recipe.name} failed; the first: {next(iter(failures.values()))}")
+        raise FspkdError(f"every run of {table.name} failed; the first: {next(iter(failures.values()))}")
     split = held_out_split(summaries)
-    rows = [_row_result(row, configs, summaries, failures, split, out) for row in recipe.rows]
+    rows = [_row_result(row, configs, summaries, failures, split, out) for row in table.rows]
     teacher_hours = rows[0]["hours"]
     for row in rows[1:]:
         row["speedup_over_teacher"] = teacher_hours / row["hours"] if teacher_hours and row["hours"] else None
     return {
-        "experiment": recipe.name,
-        "title": recipe.title,
-        "layout": recipe.layout,
-        "command": recipe.command,
+        "experiment": table.name,
+        "title": table.title,
+        "layout": table.layout,
+        "command": table.command,
         "scale": options.scale,
         "data": options.data,
-        "paper_data": recipe.paper_data,
+        "paper_data": table.paper_data,
         "split": split,
         "overrides": {"settings": options.settings, "models": options.models},
         "teacher": options.teacher,
-        "choices": recipe.choices,
-        "rerun": command_line(recipe.name, options, out),
+        "choices": table.choices,
+        "rerun": command_line(table.name, options, out),
         "runs": {name: _run_digest(config, out) for name, config in configs.items()},
         "rows": rows,
         "failures": failures,
-        "timing": _timing(recipe, configs, summaries),
-        "paper_timing": recipe.paper_timing,
-        "figure_runs": {row.label: row.runs[0] for row in recipe.rows if row.runs[0] in summaries},
+        "timing": _timing(table, configs, summaries),
+        "paper_timing": table.paper_timing,
+        "figure_runs": {row.label: row.runs[0] for row in table.rows if row.runs[0] in summaries},
     }
 
 
@@ -182,7 +181,7 @@ def _run_digest(config: RunConfig, out: Path) -> dict:
     return {"method": config.method, "model": config.model, "model_options": config.model_options,
             "teacher": teacher, "students": config.students, "shuffle_seed": config.shuffle_seed,
             "stage1_iterations": config.stage1.iterations if config.stage1 else None,
-            "train_iterations": config.train.iterations, "batch_size": config.batch_size}
+            "train_iterations": config.task.iterations, "batch_size": config.batch_size}
 
 
 def held_out_split(summaries: dict) -> str:
@@ -202,9 +201,9 @@ def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) 
                 "iterations": None, "hours": None, "paper": row.paper, "failed": "; ".join(failed)}
     nets, weights = [], []
     for run in row.runs:
-        for member in summaries[run]["members"]:
-            nets.append(member[f"{split}_acc"])
-            weights.append(str(out / run / member["weights"]))
+        for student in summaries[run]["per_student"]:
+            nets.append(student[f"{split}_acc"])
+            weights.append(str(out / run / student["weights"]))
     return {
         "label": row.label,
         "runs": row.runs,
@@ -229,11 +228,11 @@ def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str
                                 seed=config.seed, image_size=config.image_size)["ensemble_accuracy"]
 
 
-def _timing(recipe: Recipe, configs: dict, summaries: dict) -> dict:
+def _timing(table: PaperTable, configs: dict, summaries: dict) -> dict:
     """Seconds per 100 iterations: normal training (the first row's run), stage 1 with the live teacher and with
     stored teacher FSP (the first FSP run of each kind; ``--set stored_fsp=true`` makes them stored)."""
-    first = summaries.get(recipe.rows[0].runs[0], {"stages": {}})
-    normal = first["stages"].get("train", {}).get("s_per_100_it")
+    first = summaries.get(table.rows[0].runs[0], {"stages": {}})
+    normal = first["stages"].get("task", {}).get("s_per_100_it")
     fsp_runs = [n for n, c in configs.items() if c.method == "fsp" and n in summaries]
     live = [n for n in fsp_runs if not configs[n].stored_fsp]
     stored = [n for n in fsp_runs if configs[n].stored_fsp]
@@ -241,7 +240,7 @@ def _timing(recipe: Recipe, configs: dict, summaries: dict) -> dict:
     def stage1_speed(runs):
         return summaries[runs[0]]["stages"]["stage1"]["s_per_100_it"] if runs else None
 
-    return {"normal_run": recipe.rows[0].runs[0], "stage1_run": live[0] if live else None,
+    return {"normal_run": table.rows[0].runs[0], "stage1_run": live[0] if live else None,
             "stage1_stored_run": stored[0] if stored else None,
             "normal_s_per_100_it": normal, "stage1_live_s_per_100_it": stage1_speed(live),
             "stage1_stored_s_per_100_it": stage1_speed(stored),

@@ -11,12 +11,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from .config import RunConfig, Schedule
-from .engine import train
-from .fsp_recipes import DEFAULT_FSP_RECIPE, apply_recipe
-from .report import markdown_table, plot_training_curves
+from fspkd.core.config import RunConfig
+from fspkd.core.settings import DEFAULT_FSP_RECIPE, resolve_config
+from fspkd.experiments.report import markdown_table, plot_training_curves
+from fspkd.training.run import train
 
-# Budgets (iterations at batch 128) sized for about 4 minutes on 2 CPU cores; --scale multiplies them all.
+# Budgets in iterations at batch 128; --scale multiplies them all.
 TEACHER = "resnet14"
 STUDENT = "resnet8"
 TEACHER_ITERATIONS = 800
@@ -27,20 +27,18 @@ STAGE1_ITERATIONS = 200
 def demo_configs(scale: float = 1.0) -> dict[str, RunConfig]:
     """The demo's runs by name, in the order they must run (the teacher first)."""
 
-    def schedule(iterations: int, lr: float) -> Schedule:
-        return Schedule(iterations=iterations, lr=lr, milestones=[iterations // 2, iterations * 3 // 4]).scaled(scale)
+    def length(iterations: int) -> dict:
+        return {"iterations": max(1, round(iterations * scale))}  # the paper's shape: lr / 10 at 50% and 75%
 
-    base = RunConfig(data="synthetic", eval_every=max(1, round(100 * scale)), seed=0)
-    teacher = dataclasses.replace(base, method="plain", model=TEACHER, train=schedule(TEACHER_ITERATIONS, 0.1))
-    student = dataclasses.replace(base, model=STUDENT, train=schedule(STUDENT_ITERATIONS, 0.1), teacher="teacher")
-    fsp = dataclasses.replace(student, method="fsp", stage1=schedule(STAGE1_ITERATIONS, 0.001))
+    base = {"data": "synthetic", "eval_every": max(1, round(100 * scale)), "seed": 0}
+    student = {**base, "model": STUDENT, "task": length(STUDENT_ITERATIONS), "teacher": "teacher"}
     return {
-        "teacher": teacher,
-        "scratch": dataclasses.replace(student, method="plain", teacher=None),
-        "fsp": apply_recipe(fsp, DEFAULT_FSP_RECIPE),
-        "fsp-paper": apply_recipe(fsp, "paper"),
-        "fitnet": dataclasses.replace(student, method="fitnet", stage1=schedule(STAGE1_ITERATIONS, 1e-4)),
-        "kd": dataclasses.replace(student, method="kd"),
+        "teacher": resolve_config(base, method="plain", model=TEACHER, task=length(TEACHER_ITERATIONS)),
+        "scratch": resolve_config(student, method="plain", teacher=None),
+        "fsp": resolve_config(student, method="fsp", stage1=length(STAGE1_ITERATIONS)),
+        "fsp-paper": resolve_config(student, method="fsp", stage1=length(STAGE1_ITERATIONS), fsp_recipe="paper"),
+        "fitnet": resolve_config(student, method="fitnet", stage1=length(STAGE1_ITERATIONS)),
+        "kd": resolve_config(student, method="kd"),
     }
 
 
@@ -74,7 +72,7 @@ def _report(table: str, scale: float) -> str:
 Built-in synthetic data (10 classes, 32x32, generated from a seed), teacher {TEACHER}, students {STUDENT}.
 Every student gets the same task-stage budget; FSP and FitNet first run their stage 1 (counted in iterations and
 train time). `fsp` uses the tool's default recipe ({DEFAULT_FSP_RECIPE!r}), `fsp-paper` the paper's Algorithm 1 (see
-docs/fast-optimization-study.md). Scale {scale:g}: a demonstration of the pipeline, not a reproduction of the paper's
+docs/findings.md). Scale {scale:g}: a demonstration of the pipeline, not a reproduction of the paper's
 numbers.
 
 {table}

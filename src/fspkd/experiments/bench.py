@@ -3,7 +3,7 @@
 Everything is measured in one process on the same batches, cases interleaved within each repeat (so a busy
 machine slows them alike), after one warm-up repeat; the median over repeats is reported. Per teacher:student
 pair it times one optimiser step of (1) plain training of the student, (2) stage 1 with the live teacher,
-(3) stage 1 with stored teacher FSP (``fspkd.fsp_store``), (4) the FSP matrices + loss alone (forward and
+(3) stage 1 with stored teacher FSP (``fspkd.accel.fsp_store``), (4) the FSP matrices + loss alone (forward and
 backward) against a naive broadcast-and-sum reference, and, once, (5) one batch of our ``BatchLoader``
 against a per-image Pillow pipeline through ``torch.utils.data.DataLoader`` (pad-4 random crop, flip,
 to-tensor, normalise, image by image, as torchvision's transforms do); (6) the peak memory of each case
@@ -28,13 +28,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import RunConfig
-from .data import BatchLoader
-from .fsp import fsp_loss, fsp_matrix
-from .fsp_store import StoredTargets, stored_targets
-from .methods.base import Method
-from .methods.fsp import FSP
-from .models import create
+from fspkd.accel.fsp_store import StoredTargets, stored_targets
+from fspkd.core.config import RunConfig
+from fspkd.core.fsp import fsp_loss, fsp_matrix
+from fspkd.data import BatchLoader
+from fspkd.methods.base import Method
+from fspkd.methods.fsp import FSP
+from fspkd.models import create
 
 DEFAULT_PAIRS = (("resnet26", "resnet26"), ("resnet56", "resnet20"))
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -95,7 +95,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
         batches = [(x.to(device), y.to(device), loader.last_batch_keys) for x, y in _take(loader, BATCHES)]
         keys = _KeyHolder()
         stored.stored_targets = StoredTargets(targets.store, keys)
-        cases = {"plain": _stepper(plain, "train", batches, keys),
+        cases = {"plain": _stepper(plain, "task", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
                  "stage1_live_no_fast_teacher": _stepper(live_as_loaded, "stage1", batches, keys),
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
@@ -149,7 +149,7 @@ def _variants(student, teacher, config, batches, keys, store_targets, channels_l
     if channels_last:
         to_cl = lambda net: copy.deepcopy(net).to(memory_format=torch.channels_last)  # noqa: E731
         cl_batches = [(x.contiguous(memory_format=torch.channels_last), y, k) for x, y, k in batches]
-        cases["plain_channels_last"] = _stepper(Method(to_cl(student), None, config), "train", cl_batches, keys)
+        cases["plain_channels_last"] = _stepper(Method(to_cl(student), None, config), "task", cl_batches, keys)
         cl_live = FSP(to_cl(student), to_cl(teacher), config)
         cases["stage1_live_channels_last"] = _stepper(cl_live, "stage1", cl_batches, keys)
         cl_stored = FSP(to_cl(student), teacher, config)
@@ -199,7 +199,7 @@ def _stepper(method, stage: str, batches, keys: _KeyHolder) -> Callable[[int], N
 def _fsp_cases(method: FSP, images) -> dict[str, Callable[[int], None]]:
     """The FSP matrices + loss alone (forward and backward), ours against the naive reference."""
     with torch.no_grad():
-        method.student_forward(images)
+        method.student(images)
         student_feats = {k: v.detach().clone() for k, v in method.student_taps.features.items()}
         targets = method.live_teacher_matrices(images)
     pairs = method.student_pairs

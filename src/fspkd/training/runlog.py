@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 METRIC_COLUMNS = [
-    "member", "stage", "iteration", "wall_s", "lr", "loss",
+    "student", "stage", "iteration", "wall_s", "lr", "loss",
     "task_loss", "fsp_loss", "kd_loss", "hint_loss", "grad_norm", "train_acc", "val_acc", "test_acc",
 ]
 
@@ -68,7 +68,7 @@ def _parse(key, value):
     if key == "stage":
         return value
     number = float(value)
-    return int(number) if key in ("member", "iteration") else number
+    return int(number) if key in ("student", "iteration") else number
 
 
 class Progress:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoint import load_checkpoint, load_state_dict_file, load_weights
-from .data import load_dataset, parse_normalize
-from .errors import FspkdError
-from .evaluate import accuracy, ensemble_accuracy, predict
-from .models import create
+from fspkd.core.checkpoint import load_checkpoint, load_state_dict_file, load_weights
+from fspkd.core.errors import FspkdError
+from fspkd.data import load_dataset, parse_normalize
+from fspkd.models import create
+from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
 
 
 def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | None = None,

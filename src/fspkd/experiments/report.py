@@ -11,12 +11,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .runlog import read_metrics  # noqa: E402
+from fspkd.training.runlog import read_metrics  # noqa: E402
 
 
-def curves(run_dir: str | Path, member: int = 0) -> dict[str, list]:
+def curves(run_dir: str | Path, student: int = 0) -> dict[str, list]:
     """One run's training curves with iterations counted over all its stages (stage 1 included)."""
-    rows = [r for r in read_metrics(Path(run_dir) / "metrics.csv") if r["member"] in (0, member)]
+    rows = [r for r in read_metrics(Path(run_dir) / "metrics.csv") if r["student"] in (0, student)]
     offsets, seen, total = {}, [], 0
     for row in rows:
         if row["stage"] not in offsets:
@@ -194,7 +194,7 @@ def _settings_section(results: Mapping) -> str:
           r["stage1_iterations"], r["train_iterations"], r["batch_size"]] for name, r in results["runs"].items()],
     )
     choices = "\n".join(f"- {c}" for c in results["choices"])
-    return (f"## Settings\n\nThis run: `{results['rerun']}` (finished runs in the folder are reused). The recipe: "
+    return (f"## Settings\n\nThis run: `{results['rerun']}` (finished runs in the folder are reused). The table: "
             f"`{results['command']}`.\n\n{runs}\n\nEach run's resolved settings are in its folder's `config.yaml`, "
             f"its curves in `metrics.csv`, its numbers in `summary.json`; this report's numbers are in "
             f"`results.json`.\n\nWhere the paper is silent:\n\n{choices}")

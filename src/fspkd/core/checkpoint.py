@@ -17,9 +17,9 @@ from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .atomic import atomic_write
-from .errors import FspkdError
-from .models import create
+from fspkd.core.atomic import atomic_write
+from fspkd.core.errors import FspkdError
+from fspkd.models import create
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 TOLERATED_MISSING_SUFFIX = "num_batches_tracked"  # absent from older checkpoints (pytorch_resnet_cifar10)

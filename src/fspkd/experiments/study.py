@@ -1,13 +1,13 @@
-"""``fspkd study``: the fast-optimization study (issue 8) as one re-runnable command.
+"""``fspkd study``: the fast-optimization study as one re-runnable command.
 
 Every arm trains ``students`` students of one architecture with the same task-stage budget and schedule shape
-(lr / 10 at 50% and 75%); two-stage arms (FSP, FitNet) run one stage 1 as long as stage 2, shared by their
+(the paper's shape); two-stage arms (FSP, FitNet) run one stage 1 as long as the task stage, shared by their
 students (the paper's "Student *" rows). All arms share one held-out validation split, drawn by the study's
 seed (an arm that overrides ``seed`` keeps it); the students of an arm differ in initialisation (single-stage arms)
 and data order. Finished runs are skipped, an interrupted one is resumed, so the command can be run again to extend
 a study or to rebuild its report.
 
-An arm is a base name, optionally followed by overrides: ``fsp-paper:stage1.optimizer=adam,train.lr=0.02``.
+An arm is a base name, optionally followed by overrides: ``fsp-paper:stage1.optimizer=adam,task.lr=0.02``.
 """
 
 from __future__ import annotations
@@ -15,70 +15,70 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .config import RunConfig, Schedule, load_yaml, parse_value  # noqa: E402
-from .errors import FspkdError  # noqa: E402
-from .methods import get_method  # noqa: E402
-from .fsp_recipes import apply_recipe, paper_shape  # noqa: E402
-from .report import markdown_table  # noqa: E402
-from .runlog import read_metrics  # noqa: E402
+from fspkd.core.config import RunConfig, load_yaml, parse_value  # noqa: E402
+from fspkd.core.errors import FspkdError  # noqa: E402
+from fspkd.core.settings import resolve_config  # noqa: E402
+from fspkd.experiments.report import markdown_table  # noqa: E402
+from fspkd.methods import get_method  # noqa: E402
+from fspkd.training.runlog import read_metrics  # noqa: E402
 
 BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")
 EVALS_PER_STAGE = 5  # validation points per task stage (eval_every = budget / 5)
 
 
 def base_arm(name: str, budget: int) -> dict:
-    """RunConfig fields of a base arm for a task stage of ``budget`` iterations."""
+    """The settings of a base arm for a task stage of ``budget`` iterations (schedules in the paper's shape)."""
+    task = {"iterations": budget, "lr": 0.1}
     if name == "scratch":
-        return {"method": "plain", "train": paper_shape(budget, 0.1)}
+        return {"method": "plain", "task": task, "teacher": None, "teacher_model": None}
     if name == "kd":
-        return {"method": "kd", "train": paper_shape(budget, 0.1)}
+        return {"method": "kd", "task": task}
     if name == "fitnet":  # the paper's hint stage: lr 1e-4, / 10 at 25k of 35k iterations
-        return {"method": "fitnet", "train": paper_shape(budget, 0.1),
-                "stage1": Schedule(iterations=budget, lr=1e-4, milestones=[round(budget * 25 / 35)])}
+        return {"method": "fitnet", "task": task,
+                "stage1": {"iterations": budget, "lr": 1e-4, "milestones": [round(budget * 25 / 35)]}}
     if name in ("fsp-paper", "fsp-best"):  # both stages equally long, as the paper's 21k + 21k
-        config = RunConfig(method="fsp", stage1=paper_shape(budget, 1e-3), train=paper_shape(budget, 0.1))
-        config = apply_recipe(config, "paper" if name == "fsp-paper" else "fast")
-        return {k: getattr(config, k) for k in ("method", "stage1", "train", "fsp_lambda", "fsp_normalize",
-                                                 "fsp_first", "fsp_pre_relu")}
+        return {"method": "fsp", "fsp_recipe": "paper" if name == "fsp-paper" else "fast",
+                "stage1": {"iterations": budget}, "task": {"iterations": budget}}
     raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}")
 
 
-def arm_config(arm: str, budget: int, base: RunConfig) -> RunConfig:
-    """The RunConfig of ``arm`` (``name[:key=value,...]``) at ``budget`` on top of the shared settings."""
+def arm_config(arm: str, budget: int, base: Mapping[str, Any]) -> RunConfig:
+    """The settings of ``arm`` (``name[:key=value,...]``) at ``budget`` over the study's shared ``base``
+    settings, resolved by ``resolve_config`` (overrides are named settings: they win over a recipe)."""
     name, _, overrides = arm.partition(":")
-    fields = base_arm(name, budget)
-    config = dataclasses.replace(base, **fields)
-    if config.method == "plain":
-        config = dataclasses.replace(config, teacher=None, teacher_model=None)
+    given = {**base, **base_arm(name, budget)}
     for item in filter(None, overrides.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise FspkdError(f"arm {arm!r}: override {item!r} is not KEY=VALUE")
-        config = _override(config, key, parse_value(value), arm)
-    if config.held_out_seed != base.held_out_seed:  # an arm with its own seed keeps the study's validation split
-        config = dataclasses.replace(config, split_seed=base.held_out_seed)
-    return config.validate()
+        _override(given, key, parse_value(value), arm)
+    config = resolve_config(given, where=f"arm {arm!r}")
+    study_seed = RunConfig(**{k: base[k] for k in ("seed", "split_seed") if k in base}).held_out_seed
+    if config.held_out_seed != study_seed:  # an arm with its own seed keeps the study's validation split
+        config = dataclasses.replace(config, split_seed=study_seed)
+    return config
 
 
-def _override(config: RunConfig, key: str, value, arm: str) -> RunConfig:
+def _override(given: dict, key: str, value, arm: str) -> None:
     stage, dot, field = key.partition(".")
-    if dot:
-        schedule = getattr(config, stage, None)
-        if not isinstance(schedule, Schedule) or field not in {f.name for f in dataclasses.fields(Schedule)}:
-            raise FspkdError(f"arm {arm!r}: no schedule setting {key!r} (stage1.* or train.* of this arm)")
-        if field == "iterations":  # keep the paper's shape
-            return dataclasses.replace(config, **{stage: paper_shape(value, schedule.lr, schedule.optimizer)})
-        return dataclasses.replace(config, **{stage: dataclasses.replace(schedule, **{field: value})})
-    if key not in {f.name for f in dataclasses.fields(RunConfig)}:
-        raise FspkdError(f"arm {arm!r}: no run setting {key!r}")
-    return dataclasses.replace(config, **{key: value})
+    if not dot:
+        given[key] = value
+        return
+    if stage not in ("stage1", "task") or (stage == "stage1" and "stage1" not in given):
+        raise FspkdError(f"arm {arm!r}: no schedule setting {key!r} (stage1.* or task.* of this arm)")
+    schedule = dict(given[stage])
+    if field == "iterations":  # a new length keeps the paper's shape
+        schedule.pop("milestones", None)
+    given[stage] = {**schedule, field: value}
 
 
 def is_reference_scratch(arm: str) -> bool:
@@ -89,8 +89,8 @@ def is_reference_scratch(arm: str) -> bool:
 
 
 def arm_label(arm: str) -> str:
-    """A short name for tables and plots: ``scratch:init=.../fsp-best/checkpoints/stage1.pt,train.lr=0.02`` reads
-    ``fsp-best stage 1 + train.lr=0.02``; ``eval_every`` overrides, which change no training, are left out."""
+    """A short name for tables and plots: ``scratch:init=.../fsp-best/checkpoints/stage1.pt,task.lr=0.02`` reads
+    ``fsp-best stage 1 + task.lr=0.02``; ``eval_every`` overrides, which change no training, are left out."""
     name, _, overrides = arm.partition(":")
     items = [i for i in overrides.split(",") if i and not i.startswith("eval_every=")]
     inits = [i for i in items if i.startswith("init=")]
@@ -106,12 +106,13 @@ def run_dir(out: Path, budget: int, arm: str) -> Path:
     return out / f"b{budget}" / arm.replace(":", "--").replace(",", "-").replace("=", "").replace("/", "_")
 
 
-def run_study(out: Path, arms: list[str], budgets: list[int], base: RunConfig, progress: bool = True) -> str:
+def run_study(out: Path, arms: list[str], budgets: list[int], base: Mapping[str, Any],
+              progress: bool = True) -> str:
     """Train (or finish) every arm at every budget under ``out``; write ``out/report.md``; return its text."""
-    from .engine import train
+    from fspkd.training.run import train
 
     for budget in budgets:
-        base_b = dataclasses.replace(base, eval_every=max(1, budget // EVALS_PER_STAGE))
+        base_b = {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)}
         for arm in arms:
             if progress:
                 print(f"== budget {budget}: {arm}", flush=True)
@@ -120,7 +121,7 @@ def run_study(out: Path, arms: list[str], budgets: list[int], base: RunConfig, p
 
 
 # -- results -----------------------------------------------------------------------------------------------------
-def member_curves(folder: Path) -> list[dict]:
+def student_curves(folder: Path) -> list[dict]:
     """Per student: task-stage iterations, wall seconds (its stage 1 included) and validation accuracy.
 
     ``metrics.csv`` counts wall time over the whole run; a later student's clock is restarted at the end of the
@@ -136,10 +137,10 @@ def member_curves(folder: Path) -> list[dict]:
         source = read_metrics(Path(config.init).parent.parent / "metrics.csv")
         stage1_wall = max((r["wall_s"] for r in source if r["stage"] == "stage1"), default=0.0)
     curves, start = [], own_stage1_wall
-    for member in sorted({r["member"] for r in rows}):
-        mine = [r for r in rows if r["member"] == member and r["stage"] == final_stage]
+    for student in sorted({r["student"] for r in rows}):
+        mine = [r for r in rows if r["student"] == student and r["stage"] == final_stage]
         evals = [r for r in mine if r["val_acc"] is not None]
-        if not evals or evals[-1]["iteration"] < config.train.iterations:
+        if not evals or evals[-1]["iteration"] < config.task.iterations:
             break  # a student still training (or interrupted): only finished students are reported
         curves.append({
             "iteration": [r["iteration"] for r in evals],
@@ -157,7 +158,7 @@ def first_reaching(curve: dict, target: float) -> int | None:
 
 
 def summarize(folder: Path, target: float | None) -> dict:
-    curves = member_curves(folder)
+    curves = student_curves(folder)
     finals = [c["val_acc"][-1] for c in curves]
     reached = [first_reaching(c, target) for c in curves] if target is not None else []
     return {
@@ -166,7 +167,7 @@ def summarize(folder: Path, target: float | None) -> dict:
         "std": statistics.stdev(finals) if len(finals) > 1 else float("nan"),
         "finals": finals,
         "stage1_wall_s": curves[0]["stage1_wall_s"],
-        "stage2_wall_s": statistics.mean(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves),
+        "task_wall_s": statistics.mean(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves),
         "reached": reached,
     }
 
@@ -188,7 +189,7 @@ def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
             count = s["students"] if s["students"] == planned else f"{s['students']} of {planned}"
             rows.append([arm_label(arm), count, _mean_text(s),
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
-                         round(s["stage2_wall_s"]), _reached_text(s["reached"], budget)])
+                         round(s["task_wall_s"]), _reached_text(s["reached"])])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
                   "task-stage wall per student (s)", "task-stage its to scratch's final mean"]
         plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
@@ -211,7 +212,7 @@ def _finished_runs(out: Path, arms: list[str], budgets: list[int]) -> dict[int, 
     finished = {}
     for budget in budgets:
         done = {arm: run_dir(out, budget, arm) for arm in arms
-                if (run_dir(out, budget, arm) / "metrics.csv").exists() and member_curves(run_dir(out, budget, arm))}
+                if (run_dir(out, budget, arm) / "metrics.csv").exists() and student_curves(run_dir(out, budget, arm))}
         if done:
             finished[budget] = done
     return finished
@@ -240,8 +241,8 @@ def _shorter_schedules(finished: dict[int, dict[str, Path]]) -> str:
 
 def _shorter_row(arm: str, budget: int, s: dict, longer: int, reference: dict) -> list:
     at_or_above = sum(final >= reference["mean"] for final in s["finals"])
-    return [arm_label(arm), budget, _mean_text(s), round(s["stage1_wall_s"] + s["stage2_wall_s"]), longer,
-            _mean_text(reference), round(reference["stage2_wall_s"]), f"{at_or_above} of {s['students']}"]
+    return [arm_label(arm), budget, _mean_text(s), round(s["stage1_wall_s"] + s["task_wall_s"]), longer,
+            _mean_text(reference), round(reference["task_wall_s"]), f"{at_or_above} of {s['students']}"]
 
 
 def _mean_text(summary: dict) -> str:
@@ -272,7 +273,7 @@ def _distance_table(done: dict[str, Path]) -> str:
             "500 validation images:\n\n" + markdown_table(header, rows) + "\n")
 
 
-def _reached_text(reached: list, budget: int) -> str:
+def _reached_text(reached: list) -> str:
     if not reached:
         return "-"
     return " / ".join("-" if r is None else str(r) for r in reached)
@@ -283,7 +284,7 @@ def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
     (stage 1 included); the band spans the students' minimum to maximum."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for arm, folder in folders.items():
-        curves = member_curves(folder)
+        curves = student_curves(folder)
         length = min(len(c["val_acc"]) for c in curves)
         accs = [[c["val_acc"][i] for c in curves] for i in range(length)]
         mean = [statistics.mean(a) for a in accs]
@@ -315,10 +316,10 @@ def fsp_distances(config: RunConfig, student_weights: Path | None, images: int =
     """
     import torch
 
-    from .checkpoint import load_checkpoint
-    from .data import parse_normalize
-    from .engine import build_model, load_run_data, load_teacher
-    from .methods.fsp import FSP
+    from fspkd.core.checkpoint import load_checkpoint
+    from fspkd.data import parse_normalize
+    from fspkd.methods.fsp import FSP
+    from fspkd.training.build import build_model, load_run_data, load_teacher
 
     splits = load_run_data(config)
     mean, std = parse_normalize(config.normalize, splits)
@@ -348,7 +349,7 @@ def plot_stage1(folders: dict[str, Path], path: Path) -> Path:
     normalised losses live on different scales), log scale."""
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for label, folder in folders.items():
-        rows = [r for r in read_metrics(folder / "metrics.csv") if r["stage"] == "stage1" and r["member"] == 0]
+        rows = [r for r in read_metrics(folder / "metrics.csv") if r["stage"] == "stage1" and r["student"] == 0]
         if rows:
             ax.plot([r["iteration"] for r in rows], [r["fsp_loss"] / rows[0]["fsp_loss"] for r in rows], label=arm_label(label))
     ax.set_yscale("log")

@@ -1,8 +1,8 @@
 """The FSP matrix (paper Eq. 1), the FSP loss (Eq. 2) and the channel shuffle of the shuffled-FSP student (the
 paper's dagger rows).
 
-All three are pure functions on tensors; which layers feed them is decided elsewhere (``fspkd.taps`` and each
-model's ``fsp_pairs``).
+All three are pure functions on tensors; which layers feed them is decided elsewhere (``fspkd.core.taps`` and each
+model's ``fsp_pairs``). The CPU kernels that compute Eq. 1 fast are in ``fspkd.core.fsp_kernels``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from fspkd.core.fsp_kernels import flow_product, max_pool
 
 Matrices = Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
 
@@ -34,44 +35,11 @@ def fsp_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a = a.float().reshape(batch, m, h * w)
     b = b.float().reshape(batch, b.shape[1], h * w)
     with torch.autocast(a.device.type, enabled=False):  # autocast would run bmm in bf16 / fp16 again
-        return _FlowProduct.apply(a, b, h * w)
-
-
-class _FlowProduct(torch.autograd.Function):
-    """``bmm(a, b.transpose(1, 2)) / area`` for (B, m, L) and (B, n, L), with a backward of our own.
-
-    Why: autograd's bmm backward multiplies the contiguous (B, m, n) gradient into (B, n, L), which on CPU runs
-    about 2.5x slower than the same product with the gradient as a transposed view (one core, m = n = 16,
-    L = 1024: 4.5 against 1.8 ms), and it returns gradients in a layout of its own (b's channels-last once
-    reshaped to a feature map, a's NCHW even for a channels-last map), so that their sums with the network's own
-    gradients cost copies. Here each gradient comes out in its input's layout (see ``_product_like``).
-    """
-
-    @staticmethod
-    def forward(ctx, a, b, area):
-        ctx.save_for_backward(a, b)
-        ctx.area = area
-        return torch.bmm(a, b.transpose(1, 2)).div_(area)
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        grad = grad / ctx.area
-        grad_a = _product_like(a, grad, b) if ctx.needs_input_grad[0] else None
-        grad_b = _product_like(b, grad.transpose(1, 2), a) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None
-
-
-def _product_like(x: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """``bmm(left, right)``, (B, m, n) @ (B, n, L), laid out like ``x`` (B, m, L): positions innermost when x
-    was reshaped from an NCHW map, channels innermost from a channels-last one. Either way the small left
-    operand enters as a transposed view, the fast case of CPU bmm for these shapes."""
-    if x.stride(-1) == 1:
-        return torch.bmm(left.transpose(1, 2).contiguous().transpose(1, 2), right)
-    return torch.bmm(right.transpose(1, 2), left.transpose(1, 2)).transpose(1, 2)
+        return flow_product(a, b, h * w)
 
 
 def _match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The larger map max-pooled down to the smaller one's size."""
     size_a, size_b = tuple(a.shape[2:]), tuple(b.shape[2:])
     if size_a == size_b:
         return a, b
@@ -85,59 +53,9 @@ def _match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torc
 def _pool_to(x: torch.Tensor, target: tuple[int, int], size_a, size_b) -> torch.Tensor:
     height, width = x.shape[2:]
     if height % target[0] or width % target[1]:
-        raise ValueError(
-            f"fsp_matrix cannot max-pool {size_a} and {size_b} to one size: "
-            f"{(height, width)} is not an integer multiple of {target}"
-        )
-    kernel = (height // target[0], width // target[1])
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return window_max(x, *kernel)
-    if x.device.type == "cpu" and x.is_contiguous():
-        return _MaxPoolViaChannelsLast.apply(x, kernel)
-    return F.max_pool2d(x, kernel_size=kernel, stride=kernel)
-
-
-class _MaxPoolViaChannelsLast(torch.autograd.Function):
-    """``F.max_pool2d(x, kernel)`` of a contiguous (NCHW) CPU map, its maxima found on a channels-last copy.
-
-    Why: on CPU, max_pool2d with indices loops window by window over an NCHW map (about 10 ms for a 128 x 16 x
-    32 x 32 map on one core) but vectorises across channels over a channels-last one (about 2 ms), which repays
-    the copy (2 ms). The indices are positions within each (h, w) plane whatever the layout, so the backward is
-    max_pool2d's own on the NCHW map: same values, same indices (the first maximum of each window), same gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x, kernel):
-        pooled, indices = F.max_pool2d_with_indices(x.contiguous(memory_format=torch.channels_last), kernel)
-        indices = indices.contiguous()
-        ctx.save_for_backward(x, indices)
-        ctx.kernel = list(kernel)
-        return pooled.contiguous()
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, indices = ctx.saved_tensors
-        kernel = ctx.kernel
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad.contiguous(), x, kernel, kernel, [0, 0], [1, 1], False, indices)
-        return grad_x, None
-
-
-def window_max(x: torch.Tensor, kh: int, kw: int) -> torch.Tensor:
-    """``F.max_pool2d(x, (kh, kw))`` (non-overlapping windows, exact sizes) as elementwise maxima of strided
-    views, for the teacher's side where no gradient is needed.
-
-    Why by hand: on CPU max_pool2d's per-window loop takes about 8 ms for a 128 x 16 x 32 x 32 map on one core,
-    these maxima 0.6 ms. With gradients the backward needs the argmax indices, which cost as much to find by hand
-    as max_pool2d's forward does; ``_MaxPoolViaChannelsLast`` finds them faster.
-    """
-    rows = x[..., 0::kh, :]
-    for i in range(1, kh):
-        rows = torch.maximum(rows, x[..., i::kh, :])
-    out = rows[..., 0::kw]
-    for j in range(1, kw):
-        out = torch.maximum(out, rows[..., j::kw])
-    return out
+        raise ValueError(f"fsp_matrix cannot max-pool {size_a} and {size_b} to one size: "
+                         f"{(height, width)} is not an integer multiple of {target}")
+    return max_pool(x, (height // target[0], width // target[1]))
 
 
 def fsp_loss(

@@ -7,23 +7,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from .data import BatchLoader, ImageSet
-from .distributed import Context, sum_over_ranks
+from fspkd.data import BatchLoader, ImageSet
+from fspkd.methods.base import eval_mode
+from fspkd.training.distributed import Context, sum_over_ranks
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, images: ImageSet, mean, std, *, batch_size: int = 500,
             ctx: Context = Context(), channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities and labels of this rank's share of ``images``, in order."""
-    was_training = model.training
-    model.eval()
     loader = BatchLoader(images.images, images.labels, batch_size, mean=mean, std=std, train=False,
                          augment=False, rank=ctx.rank, world_size=ctx.world_size, channels_last=channels_last)
     probs, labels = [], []
-    for x, y in loader:
-        probs.append(model(x.to(ctx.device)).float().softmax(dim=1).cpu())
-        labels.append(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in loader:
+            probs.append(model(x.to(ctx.device)).float().softmax(dim=1).cpu())
+            labels.append(y)
     if not probs:
         return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
     return torch.cat(probs), torch.cat(labels)
@@ -35,11 +34,6 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor, ctx: Context = Context()
     counts = torch.tensor([float(correct), float(len(labels))], device=ctx.device)
     correct, total = sum_over_ranks(counts, ctx).tolist()
     return 100.0 * correct / max(total, 1.0)
-
-
-def evaluate(model: nn.Module, images: ImageSet, mean, std, **kwargs) -> float:
-    probs, labels = predict(model, images, mean, std, **kwargs)
-    return accuracy(probs, labels, kwargs.get("ctx", Context()))
 
 
 def ensemble_accuracy(all_probs: Sequence[torch.Tensor], labels: torch.Tensor, ctx: Context = Context()) -> float:

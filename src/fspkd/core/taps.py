@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import FspkdError
+from fspkd.core.errors import FspkdError
 
 INPUT_SUFFIX = ":input"
 

@@ -10,7 +10,10 @@ from typing import Any
 
 import yaml
 
-from .errors import FspkdError
+from fspkd.core.errors import FspkdError
+
+METHODS = ("plain", "fsp", "kd", "fitnet", "copy")  # fspkd.methods implements one class per name
+TWO_STAGE_METHODS = ("fsp", "fitnet")  # stage 1 (FSP matrices, FitNet hints), then the task stage
 
 
 @dataclass
@@ -33,6 +36,12 @@ class Schedule:
         if self.warmup and iteration < self.warmup:
             lr *= (iteration + 1) / self.warmup
         return lr
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "schedule", base: "Schedule | None" = None) -> "Schedule":
+        """``base`` (default: the field defaults) with the fields named in ``data``; unknown keys refused."""
+        _refuse_unknown(data, cls, where)
+        return dataclasses.replace(base or cls(), **data)
 
     def scaled(self, factor: float) -> "Schedule":
         """The same schedule with every iteration count multiplied by ``factor`` (at least one step)."""
@@ -66,9 +75,9 @@ class RunConfig:
     teacher_model: str | None = None  # teacher architecture; defaults to the one stored in our checkpoints
     teacher_options: dict[str, Any] = field(default_factory=dict)
     stage1: Schedule | None = None  # FSP / FitNet-hint stage; None for single-stage methods
-    # the task stage (stage 2 of two-stage methods): 1,000 CPU-sized iterations with the paper's shape
-    train: Schedule = field(default_factory=lambda: Schedule(iterations=1000, milestones=[500, 750]))
-    students: int = 1  # stage-2 students trained from one stage 1
+    # the task stage (the only stage of one-stage methods): 1,000 CPU-sized iterations with the paper's shape
+    task: Schedule = field(default_factory=lambda: Schedule(iterations=1000, milestones=[500, 750]))
+    students: int = 1  # students trained on the task from one stage 1 (an ensemble when more than one)
     init: str | None = None  # start the student from these weights (one of our checkpoints, e.g. an FSP stage1.pt)
     # FSP
     fsp_lambda: float = 0.01  # lambda of Eq. 2, one for all pairs; 0.01 makes the paper's stage-1 lr 1e-3 stable
@@ -78,12 +87,12 @@ class RunConfig:
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
-    # stored teacher FSP (fspkd.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
+    # stored teacher FSP (fspkd.accel.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
     stored_fsp: bool = False  # compute the teacher's FSP once per image and view, reuse across runs
     stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
     compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
-    fast_teacher: bool = True  # live FSP teacher with BatchNorm folded, channels-last on CPU (fspkd.fast_teacher)
+    fast_teacher: bool = True  # live FSP teacher with BatchNorm folded, channels-last on CPU (fspkd.accel.fast_teacher)
     # Hinton KD (and FitNet's stage 2)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
@@ -102,7 +111,14 @@ class RunConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def validate(self) -> "RunConfig":
-        for name, schedule in (("train", self.train), ("stage1", self.stage1)):
+        if self.method not in METHODS:
+            raise FspkdError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        if self.method in TWO_STAGE_METHODS and self.stage1 is None:
+            raise FspkdError(f"method {self.method!r} has two stages but stage1 is not set; give a stage1 schedule "
+                             "or let fspkd.resolve_config fill in the paper's")
+        if self.method not in TWO_STAGE_METHODS and self.stage1 is not None:
+            raise FspkdError(f"method {self.method!r} has one stage; its stage1 schedule would be unused")
+        for name, schedule in (("task", self.task), ("stage1", self.stage1)):
             if schedule is not None:
                 _validate_schedule(name, schedule)
         if not 0.0 <= self.val_split < 1.0:
@@ -132,10 +148,9 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], where: str = "configuration") -> "RunConfig":
         data = dict(data)
         _refuse_unknown(data, cls, where)
-        for name in ("stage1", "train"):
+        for name in ("stage1", "task"):
             if isinstance(data.get(name), dict):
-                _refuse_unknown(data[name], Schedule, f"{where}, {name}")
-                data[name] = Schedule(**data[name])
+                data[name] = Schedule.from_dict(data[name], where=f"{where}, {name}")
         return cls(**data)
 
 

@@ -1,0 +1,1 @@
+"""The training loop in parts: ``run`` (the entry, ``train``), ``build``, ``walk``, ``step``, ``records``."""

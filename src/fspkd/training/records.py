@@ -1,0 +1,166 @@
+"""A run's records: metrics rows, evaluations, checkpoints and the summary, all written by rank 0 only.
+
+A run folder holds ``config.yaml``, ``metrics.csv``, ``checkpoints/last.pt`` (everything needed to resume),
+``checkpoints/stage1.pt`` (the shared stage-1 weights of a two-stage method), ``final.pt`` (``final-K.pt`` for
+several students) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from fspkd.core.atomic import write_text_atomic
+from fspkd.core.checkpoint import save_checkpoint
+from fspkd.data import Splits
+from fspkd.training import distributed
+from fspkd.training.build import Run
+from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
+from fspkd.training.runlog import MetricsFile
+
+
+@dataclass(frozen=True, order=True)
+class Position:
+    """Where a run stands: which student, which stage (index into the method's stages), how many steps done."""
+
+    student: int = 0
+    stage_index: int = 0
+    iteration: int = 0
+
+
+def weights_payload(model: nn.Module, model_name: str, model_options: dict, splits: Splits, mean, std) -> dict:
+    """A checkpoint of a network's weights with what is needed to rebuild and feed it (``fspkd eval`` reads it)."""
+    return {
+        "model": model.state_dict(),
+        "model_name": model_name,
+        "model_options": dict(model_options),
+        "num_classes": splits.num_classes,
+        "classes": list(splits.classes),
+        "mean": list(map(float, mean)),
+        "std": list(map(float, std)),
+    }
+
+
+class Records:
+    """The metrics, checkpoints, evaluations and summary of ``run`` in ``out``."""
+
+    def __init__(self, run: Run, out: Path):
+        self.run, self.out = run, out
+        self.metrics = MetricsFile(out / "metrics.csv")
+        self.wall = 0.0  # seconds of optimiser steps, over all stages and students
+        self.stage_stats: dict[str, dict] = {}
+
+    # -- metrics rows ---------------------------------------------------------------------------------------
+    def add_step(self, stage: str, seconds: float) -> None:
+        self.wall += seconds
+        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0})
+        stats["iterations"] += 1
+        stats["wall_s"] += seconds
+
+    def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool) -> dict:
+        """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
+        row = self._train_row(position, stage, output, labels)
+        if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
+            row.update({f"{split}_acc": acc for split, (acc, _, _) in self.held_out_predictions().items()})
+        if self.run.ctx.is_main:  # written before the checkpoint: a resume from that checkpoint never lacks it
+            self.metrics.append(row)
+        return row
+
+    def _train_row(self, position: Position, stage: str, output: dict, labels) -> dict:
+        ctx = self.run.ctx
+        values = {name: float(v.detach()) for name, v in output["parts"].items()}
+        values["loss"] = float(output["loss"].detach())
+        names = sorted(values)
+        totals = distributed.sum_over_ranks(torch.tensor([values[n] for n in names], device=ctx.device), ctx)
+        row = dict(zip(names, (totals / ctx.world_size).tolist()))
+        if output["logits"] is not None:
+            hits = (output["logits"].detach().argmax(1) == labels).float().mean()
+            row["train_acc"] = 100.0 * float(distributed.sum_over_ranks(hits, ctx)) / ctx.world_size
+        if "grad_norm" in output:
+            row["grad_norm"] = float(output["grad_norm"])
+        row.update(student=position.student, stage=stage, iteration=position.iteration, wall_s=self.wall,
+                   lr=output["lr"])
+        return row
+
+    def forget_after(self, position: Position | None) -> None:
+        """Drop the metrics rows past ``position`` (all of them for None): they are trained again."""
+        if self.run.ctx.is_main:
+            stages = self.run.method.stages
+            self.metrics.truncate_after(lambda row: position is not None and Position(
+                int(row["student"]), stages.index(row["stage"]), int(row["iteration"])) <= position)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+    def held_out_predictions(self) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+        """Accuracy, softmax probabilities and labels of the student on each held-out split ('val', 'test')."""
+        run, results = self.run, {}
+        for split, images in (("val", run.splits.val), ("test", run.splits.test)):
+            if images is not None:
+                probs, labels = predict(run.student, images, run.mean, run.std, ctx=run.ctx,
+                                        batch_size=run.config.eval_batch_size, channels_last=run.config.channels_last)
+                results[split] = (accuracy(probs, labels, run.ctx), probs, labels)
+        return results
+
+    def evaluate_student(self, student: int) -> dict:
+        result = {"weights": self.final_name(student)}
+        for split, (acc, probs, labels) in self.held_out_predictions().items():
+            result[f"{split}_acc"], result[f"{split}_probs"], result[f"{split}_labels"] = acc, probs, labels
+        return result
+
+    # -- checkpoints ----------------------------------------------------------------------------------------
+    def payload(self) -> dict:
+        run = self.run
+        return weights_payload(run.student, run.config.model, run.config.model_options, run.splits, run.mean, run.std)
+
+    def save_weights(self, name: str) -> None:
+        """The student's weights as ``out/name`` (``final.pt``, ``checkpoints/stage1.pt``)."""
+        if self.run.ctx.is_main:
+            save_checkpoint(self.out / name, self.payload())
+        distributed.barrier(self.run.ctx)
+
+    def final_name(self, student: int) -> str:
+        return "final.pt" if self.run.config.students == 1 else f"final-{student + 1}.pt"
+
+    def save_state(self, position: Position, stage: str, optimizer, loader) -> None:
+        """``checkpoints/last.pt``: everything needed to continue from ``position``."""
+        if not self.run.ctx.is_main:
+            return
+        payload = self.payload()
+        payload.update(
+            position=[position.student, position.stage_index, position.iteration],
+            optimizer=optimizer.state_dict(),
+            loader=loader.state_dict(),
+            rng=torch.get_rng_state(),
+            wall=self.wall,
+            stage_stats=self.stage_stats,
+            extra={name: m.state_dict() for name, m in self.run.method.extra_modules(stage).items()},
+        )
+        save_checkpoint(self.last_state, payload)
+
+    @property
+    def last_state(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+    # -- summary --------------------------------------------------------------------------------------------
+    def write_summary(self, students: list[dict]) -> dict:
+        config = self.run.config
+        summary = {"method": config.method, "model": config.model, "teacher": config.teacher, "data": config.data,
+                   "num_classes": self.run.splits.num_classes, "students": config.students}
+        for key in ("val", "test"):
+            accs = [s[f"{key}_acc"] for s in students if f"{key}_acc" in s]
+            summary[f"{key}_acc"] = sum(accs) / len(accs) if accs else None
+            if len(students) > 1 and accs:
+                summary[f"ensemble_{key}_acc"] = ensemble_accuracy(
+                    [s[f"{key}_probs"] for s in students], students[0][f"{key}_labels"], self.run.ctx)
+        summary["per_student"] = [{k: v for k, v in s.items() if not k.endswith(("_probs", "_labels"))}
+                                  for s in students]
+        summary["stages"] = {name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
+                             for name, s in self.stage_stats.items()}
+        summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
+        summary["total_wall_s"] = self.wall
+        if self.run.ctx.is_main:
+            write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
+        return summary
