@@ -14,12 +14,12 @@ from fspkd.core.checkpoint import (
     load_checkpoint,
     load_state_dict_file,
     load_weights,
-    model_from_checkpoint,
     save_checkpoint,
     save_weights_safetensors,
 )
 from fspkd.core.errors import FspkdError
 from fspkd.models import create
+from fspkd.training.inference import model_from_checkpoint
 
 
 def shared_dir() -> Path:
@@ -56,7 +56,7 @@ def test_pytorch_resnet_cifar10_checkpoint_classifies_real_images():
     assert len(y) == 500 and y.bincount().tolist() == [50] * 10
     with torch.no_grad():
         accuracy = (model.eval()(x).argmax(1) == y).float().mean().item()
-    assert accuracy > 0.75  # README: about 85% on these JPEGs; an untrained net gets about 10%
+    assert accuracy > 0.75  # far above the 10% of an untrained net (see ../shared/weights/README.md)
 
 
 @needs_resnet20

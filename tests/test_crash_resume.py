@@ -26,14 +26,14 @@ def read_rows(path):
 
 
 def wait_for_task_rows(metrics: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Poll until metrics.csv has two stage-2 rows or the process ends. A row is written just before its
-    checkpoint, so by the second one the first stage-2 checkpoint exists."""
+    """Poll until metrics.csv has two task-stage rows or the process ends. A row is written just before its
+    checkpoint, so by the second one the first task-stage checkpoint exists."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if metrics.exists() and metrics.read_text().count(",task,") >= 2:
             return
         time.sleep(0.01)
-    pytest.fail(f"no stage-2 checkpoint before the process ended (exit {process.poll()})")
+    pytest.fail(f"no task-stage checkpoint before the process ended (exit {process.poll()})")
 
 
 @pytest.mark.slow
@@ -58,7 +58,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists(), "the run ended before the kill: make it longer"
     position = load_checkpoint(killed / "checkpoints" / "last.pt")["position"]
-    assert position[1] == 1 and 0 < position[2] < 80  # killed mid stage 2
+    assert position[1] == 1 and 0 < position[2] < 80  # killed mid task stage
 
     assert main(["distill", "--out", str(killed), "--resume", "--quiet"]) == 0  # the saved config.yaml
     straight = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]

@@ -224,7 +224,8 @@ def test_scale_multiplies_iterations_milestones_and_eval_interval():
 
 
 def test_paper_table_errors_name_the_problem():
-    data = yaml.safe_load((Path(__file__).parents[1] / "src/fspkd/experiments/paper_tables/small-cifar10.yaml").read_text())
+    table = Path(__file__).parents[1] / "src/fspkd/experiments/paper_tables/small-cifar10.yaml"
+    data = yaml.safe_load(table.read_text())
     data["runs"]["fsp"]["teacher"] = "nobody"
     with pytest.raises(FspkdError, match="run 'fsp' takes its teacher from 'nobody'"):
         parse_table(data, where="bad.yaml")

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from fspkd.core.errors import FspkdError
-from fspkd.core.taps import FeatureTaps, parse_tap, tap_channels
+from fspkd.core.taps import FeatureTaps, parse_tap
 from fspkd.models import create
 
 
@@ -66,17 +66,3 @@ def test_each_forward_overwrites_the_previous_tensors():
 def test_parse_tap():
     assert parse_tap("layer1.2") == ("layer1.2", False)
     assert parse_tap("layer2.0:input") == ("layer2.0", True)
-
-
-def test_tap_channels_declared_and_by_forward_agree_and_keep_modes():
-    model = create("resnet14", width=2)
-    model.train()
-    model.layer1[0].bn1.eval()  # a frozen BN must stay frozen
-    taps = ["layer1:input", "layer2:input", "layer2.0", "layer3.1:input", "layer3"]
-    declared = tap_channels(model, taps)
-    by_forward = tap_channels(nn.Sequential(model), [f"0.{t}" for t in taps], input_size=(3, 16, 16))
-    assert list(declared.values()) == list(by_forward.values()) == [32, 32, 64, 128, 128]
-    assert model.training and not model.layer1[0].bn1.training
-    assert int(model.bn1.num_batches_tracked) == 0
-    with pytest.raises(FspkdError, match="input_size"):
-        tap_channels(small_net(), ["0"])

@@ -2,7 +2,7 @@
 
 Torch files are only ever read with ``torch.load(..., weights_only=True)``: a checkpoint from elsewhere cannot run
 code. Our checkpoints are dicts with the weights under ``"model"`` plus ``"model_name"``, ``"model_options"`` and
-``"num_classes"``, enough to rebuild the model (``model_from_checkpoint``).
+``"num_classes"``, enough to rebuild the model (``fspkd.training.inference.model_from_checkpoint``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from torch import nn
 
 from fspkd.core.atomic import atomic_write
 from fspkd.core.errors import FspkdError
-from fspkd.models import create
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 TOLERATED_MISSING_SUFFIX = "num_batches_tracked"  # absent from older checkpoints (pytorch_resnet_cifar10)
@@ -82,20 +81,6 @@ def load_state_dict_checked(
         )
     model.load_state_dict(state, strict=False)
     return LoadResult(missing, unexpected)
-
-
-def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
-    """Rebuild the model stored in one of our checkpoints and load its weights."""
-    payload = load_checkpoint(path)
-    for key in ("model", "model_name"):
-        if key not in payload:
-            raise FspkdError(f"{path}: not an fspkd checkpoint (no {key!r} entry); found keys {sorted(payload)}")
-    options = payload.get("model_options", {})
-    if not isinstance(options, dict):
-        raise FspkdError(f"{path}: 'model_options' must be a dict, found {type(options).__name__}")
-    model = create(payload["model_name"], payload.get("num_classes", 10), **options)
-    load_state_dict_checked(model, _strip_prefixes(_unwrap(payload, Path(path))), source=str(path))
-    return model
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

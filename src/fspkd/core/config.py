@@ -55,7 +55,11 @@ class Schedule:
 
 @dataclass
 class RunConfig:
-    """Everything one ``fspkd train`` / ``fspkd distill`` run needs; saved as ``config.yaml`` with the run."""
+    """Everything one ``fspkd train`` / ``fspkd distill`` run needs; saved as ``config.yaml`` with the run.
+
+    The field defaults are the paper's. Build one with ``fspkd.resolve_config`` from the settings you name: it adds
+    the paper's schedule shapes, a two-stage method's stage 1 and an FSP run's recipe, as the CLI does.
+    """
 
     method: str = "plain"  # plain | fsp | kd | fitnet | copy
     model: str = "resnet20"  # student (or the trained net for plain)
@@ -93,7 +97,7 @@ class RunConfig:
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
     compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
     fast_teacher: bool = True  # live FSP teacher with BatchNorm folded, channels-last on CPU (fspkd.accel.fast_teacher)
-    # Hinton KD (and FitNet's stage 2)
+    # Hinton KD (and FitNet's task stage)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.9  # weight of the soft term; (1 - alpha) on the cross-entropy
     # FitNet
@@ -200,7 +204,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FspkdError(f"{path} must hold a mapping of configuration keys, got {type(data).__name__}")
     return data
-
-
-def save_yaml(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -50,11 +50,6 @@ def paper_milestones(iterations: int) -> list[int]:
     return [round(0.5 * iterations), round(0.75 * iterations)]
 
 
-def paper_shape(iterations: int, lr: float, optimizer: str = "sgd") -> Schedule:
-    """A stage of ``iterations`` steps with the paper's shape."""
-    return Schedule(iterations=iterations, lr=lr, milestones=paper_milestones(iterations), optimizer=optimizer)
-
-
 def resolve_config(given: Mapping[str, Any] | None = None, where: str = "configuration", **named) -> RunConfig:
     """The effective, validated settings of a run from the settings a user names.
 

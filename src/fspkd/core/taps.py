@@ -20,8 +20,6 @@ from torch import nn
 
 from fspkd.core.errors import FspkdError
 
-INPUT_SUFFIX = ":input"
-
 
 def parse_tap(spec: str) -> tuple[str, bool]:
     """Split a tap spec into ``(module_path, takes_input)``."""
@@ -99,34 +97,3 @@ class FeatureTaps:
 
     def __exit__(self, *exc_info) -> None:
         self.remove()
-
-
-def tap_channels(model: nn.Module, taps: Sequence[str], input_size: Sequence[int] | None = None) -> dict[str, int]:
-    """The channel count (dim 1) of each tap.
-
-    Models that declare ``channels_at(spec)`` (ours) answer without a forward pass; any other model, or a tap such a
-    model cannot answer, needs ``input_size`` (C, H, W) for one no-grad forward pass of a single zero image in eval
-    mode (each module's train/eval mode is restored afterwards, so BatchNorm statistics are untouched).
-    """
-    channels_at = getattr(model, "channels_at", None)
-    if channels_at is not None:
-        declared = {spec: channels_at(spec) for spec in taps}
-        if None not in declared.values():
-            return declared
-    if input_size is None:
-        raise FspkdError(f"tap_channels: {type(model).__name__} does not declare its channels; pass input_size (C, H, W)")
-    return {spec: tensor.shape[1] for spec, tensor in _dummy_forward(model, taps, input_size).items()}
-
-
-def _dummy_forward(model: nn.Module, taps: Sequence[str], input_size: Sequence[int]) -> dict[str, torch.Tensor]:
-    first_param = next(model.parameters(), None)
-    device, dtype = (first_param.device, first_param.dtype) if first_param is not None else ("cpu", torch.float32)
-    modes = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        with FeatureTaps(model, taps) as feature_taps, torch.no_grad():
-            model(torch.zeros(1, *input_size, device=device, dtype=dtype))
-            return dict(feature_taps.features)
-    finally:
-        for module, training in modes.items():
-            module.training = training

@@ -5,9 +5,8 @@ A crop of the image padded by `pad` at offset (oy, ox) in [0, 2*pad] equals the 
 images are grouped by offset and flip, and each group is shifted at once. The hot path is a copy of the
 flattened images: in row-major order a 2-D shift by (dy, dx) is a 1-D shift by dy*W + dx, whose only
 errors are the rows and columns that wrapped around, zeroed by one multiply with the crop window's mask.
-That copies each image in whole 1 KB planes instead of 32-byte rows (3-4x faster than a strided slice per
-group; the whole loader takes ~0.25 ms per CIFAR batch of 128 on one core), with no padded copy and no
-per-image Python loop.
+That copies each image in whole planes instead of short rows (faster than a strided slice per group; see
+``fspkd bench``'s data-path case), with no padded copy and no per-image Python loop.
 """
 
 from __future__ import annotations

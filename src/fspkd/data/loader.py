@@ -158,7 +158,7 @@ class BatchLoader:
     # ---- shared ----
 
     def _normalise(self, batch: torch.Tensor) -> torch.Tensor:
-        floats = batch.to(torch.float32).mul_(self._scale).add_(self._shift)  # in place: 4x faster than addcmul
+        floats = batch.to(torch.float32).mul_(self._scale).add_(self._shift)  # in place, no temporaries
         if self.channels_last:
             floats = floats.contiguous(memory_format=torch.channels_last)
         return floats

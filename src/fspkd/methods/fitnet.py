@@ -1,4 +1,5 @@
-"""FitNet (Romero et al., 2015) as the paper runs it: stage 1 hint training, stage 2 KD with an annealed weight."""
+"""FitNet (Romero et al., 2015) as the paper runs it: stage 1 hint training, then the task stage with KD at an
+annealed weight."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The paper's Algorithm 1: stage 1 fits the student's FSP matrices to the teacher's, stage 2 trains the task."""
+"""The paper's Algorithm 1: stage 1 fits the student's FSP matrices to the teacher's, then the task stage trains
+the student on the task."""
 
 from __future__ import annotations
 

@@ -87,17 +87,6 @@ class SectionedNet(nn.Module):
             block = str(len(self.get_submodule(section)) - 1)
         return f"{section}.{block}.residual"
 
-    def channels_at(self, spec: str) -> int | None:
-        """Channels of a section-level tap (``layerK``, ``layerK.i``, with or without ``:input``), else None."""
-        path, takes_input = parse_tap(spec)
-        section, _, block = path.partition(".")
-        if section not in self.section_outputs or "." in block:
-            return None
-        index = self.section_outputs.index(section)
-        if takes_input and block in ("", "0"):
-            return self.feature_info[index - 1]["channels"] if index else self.stem_channels
-        return self.feature_info[index]["channels"]
-
 
 def init_weights(model: nn.Module) -> None:
     """MSRA init (He et al. 2015) of convolutions, fan_out mode for ReLU as torchvision does; BatchNorm 1 and 0.

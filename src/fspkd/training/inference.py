@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch.nn as nn
 
 from fspkd.core.checkpoint import load_checkpoint, load_state_dict_file, load_weights
 from fspkd.core.errors import FspkdError
@@ -30,6 +33,20 @@ def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | 
     if len(all_probs) > 1:
         results["ensemble_accuracy"] = ensemble_accuracy(all_probs, labels)
     return results
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
+    """Rebuild the model stored in one of our checkpoints and load its weights."""
+    payload = load_checkpoint(path)
+    for key in ("model", "model_name"):
+        if key not in payload:
+            raise FspkdError(f"{path}: not an fspkd checkpoint (no {key!r} entry); found keys {sorted(payload)}")
+    options = payload.get("model_options", {})
+    if not isinstance(options, dict):
+        raise FspkdError(f"{path}: 'model_options' must be a dict, found {type(options).__name__}")
+    model = create(payload["model_name"], payload.get("num_classes", 10), **options)
+    load_weights(model, path)
+    return model
 
 
 def load_network(path: Path, model: str | None, options: dict, num_classes: int):
