@@ -32,7 +32,7 @@ def hint_taps(model, count: int, role: str) -> list[str]:
 
 class FitNet(Method):
     """Stage 1: L2 between the teacher's hint layer(s) and the student's guided layer(s), through a learned 1x1
-    convolution where the widths differ. Stage 2: cross-entropy + lambda * soft cross-entropy at tau, lambda
+    convolution where the widths differ. Task stage: cross-entropy + lambda * soft cross-entropy at tau, lambda
     falling linearly over the stage (the paper: tau = 3, lambda from 4 to 1)."""
 
     name = "fitnet"
