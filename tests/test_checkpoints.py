@@ -181,3 +181,14 @@ def test_a_save_that_fails_midway_leaves_the_old_file_and_no_temp_file(tmp_path,
     monkeypatch.undo()
     assert load_checkpoint(path) == {"step": 1}
     assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_eval_of_a_foreign_state_dict_defaults_to_dataset_statistics_and_refuses_other_class_counts(tmp_path):
+    from fspkd.training.inference import evaluate_checkpoints
+
+    torch.save(create("resnet8", num_classes=10).state_dict(), tmp_path / "ten.pt")
+    result = evaluate_checkpoints([tmp_path / "ten.pt"], data="synthetic:200,100", model="resnet8")
+    assert result["images"] == 100 and 0 <= result["networks"][0]["accuracy"] <= 100
+    torch.save(create("resnet8", num_classes=3).state_dict(), tmp_path / "three.pt")
+    with pytest.raises(FspkdError, match=r"three\.pt: the network has 3 classes but synthetic:200,100 has 10"):
+        evaluate_checkpoints([tmp_path / "three.pt"], data="synthetic:200,100", model="resnet8")

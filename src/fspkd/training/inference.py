@@ -25,8 +25,11 @@ def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | 
     networks, all_probs, labels = [], [], None
     for path in paths:
         net, stats = load_network(Path(path), model, model_options or {}, splits.num_classes)
-        mean, std = parse_normalize(normalize, splits) if normalize or stats is None else stats
+        mean, std = parse_normalize(normalize or "dataset", splits) if normalize or stats is None else stats
         probs, labels = predict(net, images, mean, std)
+        if probs.shape[1] != splits.num_classes:
+            raise FspkdError(f"{path}: the network has {probs.shape[1]} classes but {data} has "
+                             f"{splits.num_classes}; evaluate it on data with its classes")
         all_probs.append(probs)
         networks.append({"weights": str(path), "accuracy": accuracy(probs, labels)})
     results = {"data": data, "split": split, "images": len(labels), "networks": networks}
