@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fspkd.core.config import RunConfig, load_yaml, parse_value
 from fspkd.core.errors import FspkdError
-from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, resolve_config
+from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, name_schedule_fields, resolve_config
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -216,8 +216,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     given = load_yaml(source) if source else {}
     flags = vars(args)
     for flag, (key, _, _) in {**RUN_FLAGS, **DISTILL_FLAGS}.items():
-        if flag[2:].replace("-", "_") in flags:
-            given[key] = flags[flag[2:].replace("-", "_")]
+        if (dest := flag[2:].replace("-", "_")) in flags:
+            given[key] = flags[dest]
     for key in SWITCHES + ("fsp_recipe",):
         if key in flags:
             given[key] = flags[key]
@@ -225,7 +225,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         if key in flags:
             given[key] = _parse_pairs(flags[key])
     for stage, prefix in (("task", ""), ("stage1", "stage1_")):
-        _merge_schedule_flags(given, stage, flags, prefix)
+        named = {name.replace("-", "_"): flags[dest] for name in SCHEDULE_FLAGS
+                 if (dest := f"{prefix}{name}".replace("-", "_")) in flags}
+        if named:
+            name_schedule_fields(given, stage, named)
     if args.handler is _train:
         given.update(method="plain")
         given.pop("stage1", None)  # a config file shared with a distillation run
@@ -234,19 +237,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     _merge_options(given, "model_options", flags.get("model_option", []))
     _merge_options(given, "teacher_options", flags.get("teacher_option", []))
     return resolve_config(given, where=str(source or "configuration"))
-
-
-def _merge_schedule_flags(given: dict, stage: str, flags: dict, prefix: str) -> None:
-    """The schedule flags given for ``stage`` over its settings in ``given``; a new length without milestones
-    drops the old milestones, so the schedule takes the paper's shape again."""
-    named = {name.replace("-", "_"): flags[f"{prefix}{name}".replace("-", "_")] for name in SCHEDULE_FLAGS
-             if f"{prefix}{name}".replace("-", "_") in flags}
-    if not named:
-        return
-    schedule = dict(given.get(stage) or {})
-    if "iterations" in named and "milestones" not in named:
-        schedule.pop("milestones", None)
-    given[stage] = {**schedule, **named}
 
 
 def _parse_pairs(text: str) -> list[list[str]]:

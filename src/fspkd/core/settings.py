@@ -77,6 +77,16 @@ def resolve_config(given: Mapping[str, Any] | None = None, where: str = "configu
     return config.validate()
 
 
+def name_schedule_fields(given: dict[str, Any], stage: str, fields: Mapping[str, Any]) -> None:
+    """Name ``fields`` of ``stage``'s schedule in ``given``, over those named before. A new length without
+    milestones drops the old milestones, so that the stage takes the paper's shape again."""
+    current = given.get(stage) or {}
+    schedule = dataclasses.asdict(current) if isinstance(current, Schedule) else dict(current)
+    if "iterations" in fields and "milestones" not in fields:
+        schedule.pop("milestones", None)
+    given[stage] = {**schedule, **fields}
+
+
 def _schedule(named: Mapping[str, Any], default: Schedule, where: str, stage: str) -> Schedule:
     """``default`` with the named fields; a length named without milestones gets the paper's shape."""
     if not isinstance(named, Mapping):

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from fspkd.core.config import RunConfig, load_yaml, parse_value  # noqa: E402
 from fspkd.core.errors import FspkdError  # noqa: E402
-from fspkd.core.settings import resolve_config  # noqa: E402
+from fspkd.core.settings import name_schedule_fields, resolve_config  # noqa: E402
 from fspkd.experiments.report import markdown_table  # noqa: E402
 from fspkd.methods import get_method  # noqa: E402
 from fspkd.training.runlog import read_metrics  # noqa: E402
@@ -62,7 +62,7 @@ def arm_config(arm: str, budget: int, base: Mapping[str, Any]) -> RunConfig:
             raise FspkdError(f"arm {arm!r}: override {item!r} is not KEY=VALUE")
         _override(given, key, parse_value(value), arm)
     config = resolve_config(given, where=f"arm {arm!r}")
-    study_seed = RunConfig(**{k: base[k] for k in ("seed", "split_seed") if k in base}).held_out_seed
+    study_seed = base.get("split_seed") if base.get("split_seed") is not None else base.get("seed", 0)
     if config.held_out_seed != study_seed:  # an arm with its own seed keeps the study's validation split
         config = dataclasses.replace(config, split_seed=study_seed)
     return config
@@ -75,10 +75,7 @@ def _override(given: dict, key: str, value, arm: str) -> None:
         return
     if stage not in ("stage1", "task") or (stage == "stage1" and "stage1" not in given):
         raise FspkdError(f"arm {arm!r}: no schedule setting {key!r} (stage1.* or task.* of this arm)")
-    schedule = dict(given[stage])
-    if field == "iterations":  # a new length keeps the paper's shape
-        schedule.pop("milestones", None)
-    given[stage] = {**schedule, field: value}
+    name_schedule_fields(given, stage, {field: value})
 
 
 def is_reference_scratch(arm: str) -> bool:

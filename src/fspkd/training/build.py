@@ -1,7 +1,7 @@
 """Building a run from its settings: data, student, teacher and method, checked on one batch before training.
 
 Everything here reads (data, checkpoints) and nothing writes, so a run whose data, models or method do not fit
-together fails here with nothing written. ``fspkd.Distiller.check`` and the CLI share this dry run.
+together fails here with nothing written (``fspkd.training.run`` calls it before writing ``config.yaml``).
 """
 
 from __future__ import annotations

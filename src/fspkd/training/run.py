@@ -130,7 +130,8 @@ def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunCon
     saved = out / "config.yaml"
     stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).validate()
     if config is not None:
-        differing = [key for key, value in stored.to_dict().items() if value != config.to_dict()[key]]
+        given = config.to_dict()
+        differing = [key for key, value in stored.to_dict().items() if value != given[key]]
         if differing:
             raise FspkdError(
                 f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
