@@ -38,6 +38,13 @@ def curves(run_dir: str | Path, student: int = 0) -> dict[str, list]:
     return out
 
 
+def time_to_accuracy(curve: Mapping[str, list], target: float) -> tuple[int, float] | None:
+    """(iterations, training seconds), all stages counted, of the first evaluation of ``curve`` (from ``curves``)
+    at or above ``target`` percent; None when no evaluation reached it."""
+    points = zip(curve["acc_iteration"], curve["acc_wall_s"], curve["acc"])
+    return next(((it, wall) for it, wall, acc in points if acc >= target), None)
+
+
 def plot_training_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "") -> Path:
     """2x2 figure: held-out accuracy and task loss against iterations and against wall time, one line per run."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
