@@ -189,7 +189,8 @@ def _results(out: Path, students: dict, teacher: str, teacher_acc: float, scale:
     return {
         "data": students["scratch"]["data"], "teacher": teacher, "teacher_test_acc": teacher_acc,
         "student": STUDENT, "scale": scale, "seed": seed, "fsp_recipe": DEFAULT_FSP_RECIPE,
-        "target": {"run": full, "test_acc": target, "wall_s": round(reference_wall, 1)},
+        "target": {"run": full, "test_acc": target, "wall_s": round(reference_wall, 1),
+                   "iterations": students[full]["total_iterations"]},
         "runs": runs,
     }
 
@@ -205,15 +206,16 @@ def time_sentence(results: dict) -> str:
     at = fsp["reached_full_at"]
     return (f"FSP reached the {target['run']} student's accuracy ({target['test_acc']:.2f}%) after {at['wall_s']:.0f} s "
             f"of training, stage 1 included: {100 * at['wall_s'] / target['wall_s']:.0f}% of that student's "
-            f"{target['wall_s']:.0f} s ({at['iteration']} iterations against {FULL_FACTOR * TASK_ITERATIONS}).")
+            f"{target['wall_s']:.0f} s ({at['iteration']} iterations against {target['iterations']}).")
 
 
 def _report(results: dict) -> str:
     rows = [[r["run"], r["method"], r["test_acc"], r["iterations"], r["wall_s"]] for r in results["runs"]]
     table = markdown_table(["run", "method", "test acc (%)", "iterations", "training time (s)"], rows)
     scale = results["scale"]
-    again = "fspkd demo" + ("" if scale == 1 else f" --scale {scale:g}") + ("" if not results["seed"] else
-                                                                             f" --seed {results['seed']}")
+    again = ("fspkd demo" + ("" if scale == 1 else f" --scale {scale:g}")
+             + ("" if not results["seed"] else f" --seed {results['seed']}")
+             + ("" if results["teacher"] == str(DEMO_TEACHER) else " --data ... --teacher ... (as given)"))
     return f"""# fspkd demo
 
 Data `{results['data']}`; teacher `{results['teacher']}`: **{results['teacher_test_acc']:.2f}%** on the test
