@@ -94,3 +94,15 @@ def test_a_folder_being_set_up_by_another_run_is_refused(tmp_path):
     with pytest.raises(FspkdError, match="being set up by another fspkd run"):
         fspkd.train({**DATA, "task": {"iterations": 1}}, tmp_path / "busy", progress=False)
     assert [p.name for p in (tmp_path / "busy").iterdir()] == [CLAIM]
+
+
+def test_the_fast_recipe_probes_the_task_lr_unless_a_task_lr_is_named():
+    assert fspkd.resolve_config(method="fsp").task_lr_candidates == [0.005, 0.02, 0.1]
+    assert fspkd.resolve_config(method="fsp", task={"lr": 0.01}).task_lr_candidates == []
+    assert fspkd.resolve_config(method="fsp", fsp_recipe="paper").task_lr_candidates == []
+    named = fspkd.resolve_config(method="fsp", task_lr_candidates=[0.01, 0.03])
+    assert fspkd.resolve_config(named.to_dict()) == named
+    with pytest.raises(FspkdError, match="method 'kd' has no stage 1 to probe from"):
+        fspkd.resolve_config(method="kd", teacher="t.pt", task_lr_candidates=[0.01])
+    with pytest.raises(FspkdError, match="learning rates > 0, got -0.1"):
+        fspkd.resolve_config(method="fsp", task_lr_candidates=[0.01, -0.1])

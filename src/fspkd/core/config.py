@@ -90,6 +90,8 @@ class RunConfig:
     fsp_normalize: str = "none"  # none (the paper's raw Eq. 1) | frobenius (each matrix scaled to unit norm)
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
+    # task-stage learning rates probed from the stage-1 weights (fspkd.training.lr_probe); empty: task.lr as given
+    task_lr_candidates: list[float] = field(default_factory=list)
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
     # stored teacher FSP (fspkd.accel.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
     stored_fsp: bool = False  # compute the teacher's FSP once per image and view, reuse across runs
@@ -125,6 +127,8 @@ class RunConfig:
         for name, schedule in (("task", self.task), ("stage1", self.stage1)):
             if schedule is not None:
                 _validate_schedule(name, schedule)
+        if self.task_lr_candidates:
+            _validate_candidates(self.method, self.task_lr_candidates)
         if not 0.0 <= self.val_split < 1.0:
             raise FspkdError(f"val_split must be in [0, 1), got {self.val_split}")
         for key in ("batch_size", "eval_every", "eval_batch_size", "students", "micro_batches"):
@@ -204,3 +208,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FspkdError(f"{path} must hold a mapping of configuration keys, got {type(data).__name__}")
     return data
+
+
+def _validate_candidates(method: str, candidates: list[float]) -> None:
+    if method not in TWO_STAGE_METHODS:
+        raise FspkdError(f"task_lr_candidates: method {method!r} has no stage 1 to probe from; name task.lr instead")
+    bad = [c for c in candidates if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0]
+    if bad:
+        raise FspkdError(f"task_lr_candidates must be learning rates > 0, got {bad[0]!r}")

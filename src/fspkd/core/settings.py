@@ -31,12 +31,14 @@ FSP_RECIPES: dict[str, dict[str, Any]] = {
     # Algorithm 1 as printed: SGD stage 1 at lr 1e-3 (lambda 0.01 keeps that lr stable on the raw matrices),
     # raw Eq. 1 matrices, section start before the down-sampling block, task stage at lr 0.1
     "paper": {"stage1.optimizer": "sgd", "stage1.lr": 1e-3, "fsp_lambda": 0.01, "fsp_normalize": "none",
-              "fsp_first": "before", "fsp_pre_relu": False, "task.lr": 0.1},
+              "fsp_first": "before", "fsp_pre_relu": False, "task.lr": 0.1, "task_lr_candidates": []},
     # the best measured setting (docs/findings.md): Adam on unit-norm matrices learns the teacher's flow in every
-    # pair, and a low task-stage lr keeps what stage 1 learned; sections start after their down-sampling block
-    # (square matrices, no pooling)
+    # pair; sections start after their down-sampling block (square matrices, no pooling). The task-stage lr is
+    # probed from the stage-1 weights: a low one keeps what a full stage 1 taught, a higher one learns the task
+    # faster where stage 1 taught little; task.lr is the rate of runs too short to probe
     "fast": {"stage1.optimizer": "adam", "stage1.lr": 1e-3, "fsp_lambda": 0.01, "fsp_normalize": "frobenius",
-             "fsp_first": "after", "fsp_pre_relu": False, "task.lr": 0.005},
+             "fsp_first": "after", "fsp_pre_relu": False, "task.lr": 0.005,
+             "task_lr_candidates": [0.005, 0.02, 0.1]},
 }
 
 # stage 1 as the paper shapes it, relative to the task stage: (length ratio, lr, milestones as fractions of stage 1).
@@ -112,9 +114,12 @@ def _named_keys(given: Mapping[str, Any]) -> set[str]:
 
 
 def apply_recipe(config: RunConfig, name: str, keep: set[str] = frozenset()) -> RunConfig:
-    """``config`` with recipe ``name``'s settings, except the keys in ``keep`` (those named explicitly)."""
+    """``config`` with recipe ``name``'s settings, except the keys in ``keep`` (those named explicitly). A task
+    lr named without candidates is used as it is: no probe."""
     if name not in FSP_RECIPES:
         raise FspkdError(f"unknown FSP recipe {name!r}; valid recipes: {', '.join(FSP_RECIPES)}")
+    if "task.lr" in keep:
+        keep = {*keep, "task_lr_candidates"}
     for key, value in FSP_RECIPES[name].items():
         if key in keep:
             continue

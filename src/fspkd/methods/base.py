@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -33,6 +34,7 @@ class Method:
         self.student = student
         self.teacher = teacher
         self.config = config
+        self.task_lr: float | None = None  # set when the task-stage lr is probed (fspkd.training.lr_probe)
         if self.needs_teacher and teacher is None:
             raise FspkdError(f"method {self.name!r} needs a teacher: pass --teacher PATH")
         if teacher is not None:
@@ -45,6 +47,8 @@ class Method:
             if self.config.stage1 is None:
                 raise FspkdError(f"method {self.name!r} needs a stage1 schedule")
             return self.config.stage1
+        if self.task_lr is not None:
+            return dataclasses.replace(self.config.task, lr=self.task_lr)
         return self.config.task
 
     def extra_modules(self, stage: str) -> dict[str, nn.Module]:

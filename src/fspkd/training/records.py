@@ -22,6 +22,8 @@ from fspkd.training.build import Run
 from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
 from fspkd.training.runlog import MetricsFile
 
+PROBE_NOTE = "# task.lr chosen by the probe over task_lr_candidates:"
+
 
 @dataclass(frozen=True, order=True)
 class Position:
@@ -86,6 +88,27 @@ class Records:
                    lr=output["lr"])
         return row
 
+    def log_probe(self, probe) -> None:
+        """Take the probed task-stage lr (None: the run was too short to probe; task.lr stands) and record it: one
+        metrics row per candidate (task stage, iteration 0, ``probe_loss``), its time in the ``lr_probe`` stage
+        and a closing comment in ``config.yaml``."""
+        if probe is None:
+            return
+        self.run.method.task_lr = probe.chosen
+        self.wall += probe.seconds
+        self.stage_stats["lr_probe"] = {"iterations": probe.steps * len(probe.losses), "wall_s": probe.seconds}
+        if not self.run.ctx.is_main:
+            return
+        for lr, loss in probe.losses.items():
+            self.metrics.append({"student": 0, "stage": "task", "iteration": 0, "wall_s": self.wall, "lr": lr,
+                                 "probe_loss": loss})
+        config = self.out / "config.yaml"
+        settings = "".join(line for line in config.read_text().splitlines(keepends=True)
+                           if not line.startswith(PROBE_NOTE))
+        losses = ", ".join(f"{lr:g}: {loss:.4f}" for lr, loss in probe.losses.items())
+        write_text_atomic(config, f"{settings}{PROBE_NOTE} {probe.chosen:g} (held-out loss after {probe.steps} "
+                                  f"steps per rate: {losses})\n", "the run settings")
+
     def forget_after(self, position: Position | None) -> None:
         """Drop the metrics rows past ``position`` (all of them for None): they are trained again."""
         if self.run.ctx.is_main:
@@ -137,6 +160,7 @@ class Records:
             wall=self.wall,
             stage_stats=self.stage_stats,
             extra={name: m.state_dict() for name, m in self.run.method.extra_modules(stage).items()},
+            task_lr=self.run.method.task_lr,
         )
         save_checkpoint(self.last_state, payload)
 
@@ -159,6 +183,7 @@ class Records:
                                   for s in students]
         summary["stages"] = {name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
                              for name, s in self.stage_stats.items()}
+        summary["task_lr"] = self.run.method.schedule("task").lr
         summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
         summary["total_wall_s"] = self.wall
         if self.run.ctx.is_main:

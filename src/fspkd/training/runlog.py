@@ -13,6 +13,7 @@ from tqdm import tqdm
 METRIC_COLUMNS = [
     "student", "stage", "iteration", "wall_s", "lr", "loss",
     "task_loss", "fsp_loss", "kd_loss", "hint_loss", "grad_norm", "train_acc", "val_acc", "test_acc",
+    "probe_loss",
 ]
 
 

@@ -12,6 +12,7 @@ import torch
 
 from fspkd.core.checkpoint import load_checkpoint
 from fspkd.training.build import Run
+from fspkd.training.lr_probe import choose_task_lr
 from fspkd.training.records import Position, Records
 from fspkd.training.runlog import Progress
 from fspkd.training.step import NonFiniteLoss, Stepper, make_optimizer
@@ -37,6 +38,8 @@ def walk(run: Run, records: Records, resume: bool, progress: bool) -> dict:
             resumed = saved if (student, index) == (start.student, start.stage_index) else None
             if resumed is None:
                 _begin(run, records, student, index)
+                if index > 0 and student == 0 and run.config.task_lr_candidates:
+                    records.log_probe(choose_task_lr(run))
             _train_stage(run, records, Position(student, index, start.iteration if resumed else 0), resumed,
                          progress)
             if shared:
@@ -57,6 +60,7 @@ def restore(run: Run, records: Records) -> tuple[Position, dict]:
     for name, module in run.method.extra_modules(stage).items():
         module.load_state_dict(saved["extra"][name])
     records.wall, records.stage_stats = saved["wall"], saved["stage_stats"]
+    run.method.task_lr = saved.get("task_lr")
     return position, saved
 
 
