@@ -25,9 +25,9 @@ V2_CHANNELS, V2_BLOCKS, V2_LAST = (116, 232, 464), (3, 7, 3), 1024  # ShuffleNet
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """Interleave the channels of ``groups`` groups: [N, g*c, H, W] -> [N, c*g, H, W]."""
-    n, channels, h, w = x.shape
-    return x.reshape(n, groups, channels // groups, h, w).transpose(1, 2).reshape(n, channels, h, w)
+    """Interleave the channels of ``groups`` groups: [N, g*c, H, W] -> [N, c*g, H, W]. Written without reading
+    the shape in Python so that torch.fx traces it (the fast teacher folds BatchNorm on the traced graph)."""
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 def depthwise3x3(channels: int, stride: int) -> nn.Conv2d:
