@@ -19,10 +19,12 @@ from fspkd.cli import main
 from fspkd.core.checkpoint import load_weights
 from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
+from fspkd.core.fsp import ChannelShuffle
 from fspkd.core.taps import FeatureTaps
 from fspkd.methods.fitnet import FitNet
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
+from fspkd.models.summary import summarize
 from fspkd.training.inference import load_network
 
 EXPECTED = json.loads((Path(__file__).parent / "data" / "zoo_keys.json").read_text())
@@ -123,7 +125,8 @@ def test_a_checkpoint_of_another_model_names_what_differs(tmp_path):
                                               ("vgg13", "vgg8")])
 def test_fsp_between_benchmark_pairs_of_equal_widths(teacher, student):
     torch.manual_seed(0)
-    method = FSP(create(student), create(teacher).eval(), RunConfig(method="fsp", fsp_first="after"))
+    config = RunConfig(method="fsp", fsp_first="after", shuffle_seed=3)  # shuffled: taps grouped by stream
+    method = FSP(create(student), create(teacher).eval(), config)
     images = torch.randn(4, 3, 32, 32)
     method.check(images)
     loss = method.step("stage1", images, torch.zeros(4, dtype=torch.long), 0.0)["loss"]
@@ -150,7 +153,17 @@ def test_pre_relu_taps_of_the_zoo():
         create("shufflenetv2").fsp_pairs(pre_relu=True)
 
 
-def test_shuffle_groups_keep_one_width(tmp_path):
+@pytest.mark.parametrize("name", ZOO)
+def test_every_zoo_net_can_be_a_shuffled_teacher(name):
+    model = create(name)
+    for first in ("before", "after"):
+        pairs, widths = model.fsp_pairs(first), summarize(name).widths[first]
+        channels = {tap: width for pair, pair_widths in zip(pairs, widths) for tap, width in zip(pair, pair_widths)}
+        shuffle = ChannelShuffle(pairs, channels, seed=3, groups=model.fsp_permutation_groups(first))
+        assert len(shuffle([torch.ones(1, a, b) for a, b in widths])) == len(pairs)
+
+
+def test_shuffle_groups_keep_one_width():
     # resnet8x4's 32-channel stem feeds a 64-channel layer1 through a projection: not one residual stream
     assert create("resnet8x4").fsp_permutation_groups()["layer1:input"] == "layer1:input"
     assert create("resnet20").fsp_permutation_groups()["layer1:input"] == "layer1"
