@@ -101,3 +101,14 @@ def test_stage1_defaults_keep_the_papers_proportions_to_the_task_stage():
     assert (fitnet.stage1.iterations, fitnet.stage1.milestones, fitnet.stage1.lr) == (3500, [2500], 1e-4)
     plain = config_from_args(build_parser().parse_args(["train", "--out", "x"]))
     assert (plain.task.iterations, plain.task.milestones) == (1000, [500, 750])
+
+
+def test_models_lists_sizes_and_fsp_tap_widths(capsys):
+    assert main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[2:]}
+    assert {"resnet20", "resnet32x4", "wrn_40_2", "vgg13", "mobilenetv2_cifar", "shufflenetv2"} <= set(rows)
+    assert rows["resnet20"].split()[1] == "269,722"  # 10 classes
+    # start>end channels per section, with the first map before | after the section's first block
+    assert rows["wrn_40_2"].endswith("16>32 32>64 64>128 | 32>32 64>64 128>128")
+    assert rows["resnet8x4"].endswith("32>64 64>128 128>256 | 64>64 128>128 256>256")
+    assert rows["vgg8"].split("|")[1] == rows["vgg13"].split("|")[1]  # a pair FSP matches as it is

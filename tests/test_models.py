@@ -19,9 +19,11 @@ def n_params(model):
     return sum(p.numel() for p in model.parameters())
 
 
-def test_registry_lists_the_paper_nets():
+def test_registry_lists_the_paper_nets_and_the_cifar_benchmark_zoo():
     expected = {f"resnet{d}" for d in (8, 14, 20, 26, 32, 44, 56, 110)} | IMAGENET_STYLE
-    assert set(list_models()) == expected
+    zoo = {"wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "resnet8x4", "resnet32x4", "vgg8", "vgg11", "vgg13",
+           "mobilenetv2_cifar", "shufflenetv1", "shufflenetv2"}  # tests/test_zoo.py
+    assert set(list_models()) == expected | zoo
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -130,7 +132,7 @@ def test_initialisation():
 
 
 def test_bad_names_and_options_are_explained():
-    with pytest.raises(FspkdError, match=r"unknown model 'resnet21' \(did you mean 'resnet\d+'\?\); valid models: resnet110"):
+    with pytest.raises(FspkdError, match=r"unknown model 'resnet21' \(did you mean 'resnet\d+'\?\); valid models: mobilenetv2_cifar, resnet110"):
         create("resnet21")
     with pytest.raises(FspkdError, match=r"no option 'widht' \(did you mean 'width'\?\); valid options: width, shortcut"):
         create("resnet20", widht=2)

@@ -194,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--report-only", action="store_true", help="rebuild report.md from finished runs")
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(handler=_study)
-    models = sub.add_parser("models", help="list the model names")
-    models.set_defaults(handler=lambda args: print("\n".join(_list_models())))
+    models = sub.add_parser("models", help="list the models with their sizes and FSP tap widths, to pick a pair")
+    models.set_defaults(handler=_models)
     return parser
 
 
@@ -426,6 +426,13 @@ def _study(args) -> int:
         print(write_report(Path(args.out), arms, budgets))
     else:
         print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet))
+    return 0
+
+
+def _models(args) -> int:
+    from fspkd.models.summary import model_table
+
+    print(model_table())
     return 0
 
 

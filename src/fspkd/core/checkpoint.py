@@ -1,4 +1,5 @@
-"""Loading weights people already have (ours, pytorch_resnet_cifar10, torchvision, safetensors) and saving ours.
+"""Loading weights people already have (ours, pytorch_resnet_cifar10, torchvision, RepDistiller / mdistiller,
+safetensors) and saving ours.
 
 Torch files are only ever read with ``torch.load(..., weights_only=True)``: a checkpoint from elsewhere cannot run
 code. Our checkpoints are dicts with the weights under ``"model"`` plus ``"model_name"``, ``"model_options"`` and
@@ -7,6 +8,7 @@ code. Our checkpoints are dicts with the weights under ``"model"`` plus ``"model
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -23,6 +25,9 @@ from fspkd.core.errors import FspkdError
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP, torch.compile
 TOLERATED_MISSING_SUFFIX = "num_batches_tracked"  # absent from older checkpoints (pytorch_resnet_cifar10)
 SHOWN = 5  # keys listed per kind of mismatch in error messages
+# classes a weights-only load may rebuild besides tensors and containers: RepDistiller's final checkpoints
+# (``*_last.pth``) store the run's argparse options beside the weights; a Namespace only holds attributes
+SAFE_GLOBALS = [argparse.Namespace]
 
 
 class LoadResult(NamedTuple):
@@ -105,7 +110,8 @@ def _torch_load(path: Path):
     if not path.is_file():
         raise FspkdError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a file that is not a (safe) checkpoint
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
         reason = f"{type(error).__name__}: {text}" if text else type(error).__name__

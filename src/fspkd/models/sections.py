@@ -1,6 +1,8 @@
-"""What our ResNets share: sections ``layer1..layerK`` of equal spatial size, and the tap points they declare."""
+"""What our sectioned networks share: sections of equal spatial size, and the tap points they declare."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from torch import nn
 
@@ -8,12 +10,24 @@ from fspkd.core.errors import FspkdError
 from fspkd.core.taps import parse_tap
 
 
+class Section(NamedTuple):
+    """The tap points of one section: the map entering it, its first block's output, its output; and its number
+    of blocks (a section of one block has ``first`` and ``output`` on one tensor)."""
+
+    input: str
+    first: str
+    output: str
+    blocks: int
+
+
 class SectionedNet(nn.Module):
-    """Base of networks made of a stem followed by sections ``layer1..layerK`` (``nn.Sequential`` of blocks).
+    """Base of networks made of a stem followed by sections of blocks, each section of one spatial size.
 
     Subclasses set ``arch`` (the registry name), ``stem_channels`` and ``feature_info``: one dict per section,
-    ``{"name": "layer1", "channels": 16, "reduction": 1}`` (reduction = input size / map size, as in timm), so
-    consumers know channel counts and sizes without a forward pass.
+    ``{"name": "layer1", "channels": 16, "reduction": 1}`` (``name`` the tap of the section's output; reduction =
+    input size / map size, as in timm), so consumers know channel counts and sizes without a forward pass. Sections
+    are ``layer1..layerK`` (``nn.Sequential`` of blocks) unless the subclass overrides ``sections``, and pre-ReLU
+    taps are the blocks' ``residual`` sums unless it overrides ``pre_relu_tap``.
     """
 
     arch: str
@@ -21,9 +35,22 @@ class SectionedNet(nn.Module):
     feature_info: list[dict]
 
     @property
+    def sections(self) -> list[Section]:
+        """The taps of each section. This default reads sections ``layer1..layerK`` (``nn.Sequential`` of blocks,
+        named in ``feature_info``): a section's input is the previous section's output (one name, and one hook,
+        for one tensor), its first map the output of block ``0``. Families laid out otherwise override it."""
+        sections, previous = [], None
+        for info in self.feature_info:
+            name = info["name"]
+            start = previous or f"{name}:input"
+            sections.append(Section(start, f"{name}.0", name, len(self.get_submodule(name))))
+            previous = name
+        return sections
+
+    @property
     def section_outputs(self) -> list[str]:
         """The tap of each section's output (FitNet's "3 loss" hints on the CIFAR ResNets)."""
-        return [info["name"] for info in self.feature_info]
+        return [section.output for section in self.sections]
 
     @property
     def hint_layer(self) -> str:
@@ -37,7 +64,7 @@ class SectionedNet(nn.Module):
     @property
     def has_one_block_section(self) -> bool:
         """Whether a section is a single block, whose output is the section's output (ResNet-8)."""
-        return any(len(self.get_submodule(name)) == 1 for name in self.section_outputs)
+        return any(section.blocks == 1 for section in self.sections)
 
     def fsp_pairs(self, first: str = "before", pre_relu: bool = False) -> list[tuple[str, str]]:
         """One (first tap, last tap) pair per section, for the FSP matrices G_1..G_K (paper, section 4).
@@ -56,27 +83,27 @@ class SectionedNet(nn.Module):
         ``pre_relu=True`` taps each block's residual sum before its final ReLU (``"layer2.3.residual"``) instead of
         the block's output; the stem output feeding ``layer1`` has no residual sum and stays as it is.
         """
-        sections = self.section_outputs
         if first == "before":
-            # a section's input is the previous section's output: one name (and one hook) for one tensor
-            starts = [f"{sections[0]}:input"] + sections[:-1]
-            pairs = list(zip(starts, sections))
+            pairs = [(section.input, section.output) for section in self.sections]
         elif first == "after":
-            pairs = [(f"{name}.0", name) for name in sections]
+            pairs = [(section.first, section.output) for section in self.sections]
         else:
             raise FspkdError(f"fsp_pairs: first must be 'before' or 'after', got {first!r}")
-        return [(self._pre_relu(a), self._pre_relu(b)) for a, b in pairs] if pre_relu else pairs
+        return [(self.pre_relu_tap(a), self.pre_relu_tap(b)) for a, b in pairs] if pre_relu else pairs
 
     def fsp_permutation_groups(self, first: str = "before", pre_relu: bool = False) -> dict[str, str]:
         """Tap -> residual stream, for shuffled FSP: the identity shortcuts carry one channel order through a
         whole section, so the taps of one section can only be permuted together (see ``fsp.ChannelShuffle``)."""
         groups = {}
-        for start, end in self.fsp_pairs(first):
+        input_widths = [self.stem_channels] + [info["channels"] for info in self.feature_info[:-1]]
+        for (start, end), width, info in zip(self.fsp_pairs(first), input_widths, self.feature_info):
             groups[end] = end
-            groups.setdefault(start, end if start.startswith(end) else start)
-        return {self._pre_relu(tap): group for tap, group in groups.items()} if pre_relu else groups
+            # an identity shortcut keeps the width: a section input of another width is a stream of its own
+            tied = start.startswith(end) and (not parse_tap(start)[1] or width == info["channels"])
+            groups.setdefault(start, end if tied else start)
+        return {self.pre_relu_tap(tap): group for tap, group in groups.items()} if pre_relu else groups
 
-    def _pre_relu(self, tap: str) -> str:
+    def pre_relu_tap(self, tap: str) -> str:
         """The pre-ReLU tap of a block-output tap: ``layer2`` -> its last block's sum (``layer2.2.residual``),
         ``layer2.0`` -> ``layer2.0.residual``; a section input stays as it is."""
         path, takes_input = parse_tap(tap)

@@ -13,6 +13,10 @@ from fspkd.data import load_dataset, parse_normalize
 from fspkd.models import create
 from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
 
+# the class count of a foreign state dict is read off its head: ResNets (ours, torchvision), the CIFAR benchmarks'
+# VGG and MobileNetV2
+CLASSIFIER_WEIGHTS = ("linear.weight", "fc.weight", "classifier.weight", "classifier.0.weight")
+
 
 def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | None = None,
                          model_options: dict | None = None, normalize: str | None = None,
@@ -69,7 +73,7 @@ def load_network(path: Path, model: str | None, options: dict, num_classes: int)
             "(--teacher-model for a teacher, --model for fspkd eval)"
         )
     state = load_state_dict_file(path)
-    head = next((state[k] for k in ("linear.weight", "fc.weight") if k in state), None)
+    head = next((state[k] for k in CLASSIFIER_WEIGHTS if k in state), None)
     net = create(model, num_classes=int(head.shape[0]) if head is not None else num_classes, **options)
     load_weights(net, path)
     return net.eval(), None
