@@ -11,12 +11,14 @@ from fspkd.core.taps import parse_tap
 class SectionedNet(nn.Module):
     """Base of networks made of a stem followed by sections ``layer1..layerK`` (``nn.Sequential`` of blocks).
 
-    Subclasses set ``arch`` (the registry name), ``stem_channels`` and ``feature_info``: one dict per section,
+    Subclasses set ``arch`` (the registry name), ``head`` (the classifier's module name, which a features-only
+    checkpoint lacks), ``stem_channels`` and ``feature_info``: one dict per section,
     ``{"name": "layer1", "channels": 16, "reduction": 1}`` (reduction = input size / map size, as in timm), so
     consumers know channel counts and sizes without a forward pass.
     """
 
     arch: str
+    head: str
     stem_channels: int
     feature_info: list[dict]
 
@@ -37,7 +39,15 @@ class SectionedNet(nn.Module):
     @property
     def has_one_block_section(self) -> bool:
         """Whether a section is a single block, whose output is the section's output (ResNet-8)."""
-        return any(len(self.get_submodule(name)) == 1 for name in self.section_outputs)
+        return any(self.section_blocks(name) == 1 for name in self.section_outputs)
+
+    def section_blocks(self, section: str) -> int:
+        """Blocks in the section whose output is ``section`` (here a module ``nn.Sequential`` of blocks)."""
+        return len(self.get_submodule(section))
+
+    def first_block(self, section: str) -> str:
+        """The tap of the section's first block output (``"layer2.0"``)."""
+        return f"{section}.0"
 
     def fsp_pairs(self, first: str = "before", pre_relu: bool = False) -> list[tuple[str, str]]:
         """One (first tap, last tap) pair per section, for the FSP matrices G_1..G_K (paper, section 4).
@@ -62,7 +72,7 @@ class SectionedNet(nn.Module):
             starts = [f"{sections[0]}:input"] + sections[:-1]
             pairs = list(zip(starts, sections))
         elif first == "after":
-            pairs = [(f"{name}.0", name) for name in sections]
+            pairs = [(self.first_block(name), name) for name in sections]
         else:
             raise FspkdError(f"fsp_pairs: first must be 'before' or 'after', got {first!r}")
         return [(self._pre_relu(a), self._pre_relu(b)) for a, b in pairs] if pre_relu else pairs
