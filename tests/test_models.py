@@ -7,7 +7,7 @@ from fspkd.core.taps import FeatureTaps
 from fspkd.methods.fsp import FSP
 from fspkd.models import create, list_models
 
-IMAGENET_STYLE = {"resnet18", "resnet20_4stage", "resnet34"}
+IMAGENET_STYLE = {"resnet18", "resnet20_4stage", "resnet34", "mobilenetv2"}
 
 
 def input_for(name, batch=2):
@@ -132,7 +132,7 @@ def test_initialisation():
 
 
 def test_bad_names_and_options_are_explained():
-    with pytest.raises(FspkdError, match=r"unknown model 'resnet21' \(did you mean 'resnet\d+'\?\); valid models: mobilenetv2_cifar, resnet110"):
+    with pytest.raises(FspkdError, match=r"unknown model 'resnet21' \(did you mean 'resnet\d+'\?\); valid models: mobilenetv2, mobilenetv2_cifar, resnet110"):
         create("resnet21")
     with pytest.raises(FspkdError, match=r"no option 'widht' \(did you mean 'width'\?\); valid options: width, shortcut"):
         create("resnet20", widht=2)

@@ -56,21 +56,39 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _strip_prefixes(state)
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True) -> LoadResult:
+def load_weights(model: nn.Module, path: str | os.PathLike, *, strict: bool = True,
+                 head_optional: bool = False) -> LoadResult:
     """Load the weights in ``path`` (see ``load_state_dict_file``) into ``model``.
 
     Missing ``num_batches_tracked`` buffers are tolerated. Differing shapes always raise FspkdError; missing or
-    unexpected keys raise it when ``strict``, and are returned otherwise.
+    unexpected keys raise it when ``strict``, and are returned otherwise. ``head_optional`` also accepts a
+    features-only file (see ``missing_head``).
     """
-    return load_state_dict_checked(model, load_state_dict_file(path), source=str(path), strict=strict)
+    return load_state_dict_checked(model, load_state_dict_file(path), source=str(path), strict=strict,
+                                   head_optional=head_optional)
+
+
+def missing_head(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of the model's classifier (its ``head`` module) when ``state`` has none of them: a feature
+    extractor saved without its classifier, such as an ImageNet backbone for transfer learning. Else []."""
+    head = getattr(model, "head", None)
+    keys = [k for k in model.state_dict() if head and k.startswith(head + ".")]
+    return [] if any(k in state for k in keys) else keys
 
 
 def load_state_dict_checked(
-    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, strict: bool = True
+    model: nn.Module, state: dict[str, torch.Tensor], *, source: str, strict: bool = True,
+    head_optional: bool = False,
 ) -> LoadResult:
-    """``model.load_state_dict(state)`` with an FspkdError that lists what differs, naming model and source."""
+    """``model.load_state_dict(state)`` with an FspkdError that lists what differs, naming model and source.
+
+    With ``head_optional`` a state without any classifier key loads strictly into the rest of the model and the
+    classifier keeps its weights; the result's ``missing_keys`` then lists the classifier's keys.
+    """
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith(TOLERATED_MISSING_SUFFIX)]
+    headless = missing_head(model, state) if head_optional else []
+    missing = [k for k in expected if k not in state and not k.endswith(TOLERATED_MISSING_SUFFIX)
+               and k not in headless]
     unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
@@ -85,7 +103,7 @@ def load_state_dict_checked(
             f"{_listing('differing shapes', shapes)}"
         )
     model.load_state_dict(state, strict=False)
-    return LoadResult(missing, unexpected)
+    return LoadResult(missing + headless, unexpected)
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, save_file
 
 from fspkd.core.atomic import atomic_write
 from fspkd.core.errors import FspkdError
+from fspkd.data.filetree import walk_folder
 from fspkd.data.sets import DecodedDataset, ImageSet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: EXIF orientation applied, 16-bit greyscale scaled (decode.py)
 
 
 def default_cache_dir() -> Path:
@@ -43,11 +44,15 @@ def _fingerprint(source: Path) -> list:
         stat = source.stat()
         return [stat.st_size, stat.st_mtime_ns]
     entries = []
-    for folder, subfolders, files in os.walk(source):
-        subfolders.sort()
+    for folder, files in walk_folder(source):  # into symlinked folders too, as the reader goes
         for file in sorted(files):
-            stat = os.stat(os.path.join(folder, file))
-            entries.append([os.path.relpath(os.path.join(folder, file), source), stat.st_size, stat.st_mtime_ns])
+            path = os.path.join(folder, file)
+            try:
+                stat = os.stat(path)
+            except OSError:  # a dangling link: the reader reports it by name
+                entries.append([os.path.relpath(path, source), None, None])
+                continue
+            entries.append([os.path.relpath(path, source), stat.st_size, stat.st_mtime_ns])
     return entries
 
 

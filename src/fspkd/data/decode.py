@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fspkd.core.errors import FspkdError
 
@@ -20,16 +20,47 @@ def is_image_name(name: str) -> bool:
 
 
 def decode_image(data: bytes, size: int, source: str) -> np.ndarray:
-    """Decode image bytes to an RGB uint8 array (size, size, 3); FspkdError naming `source` if unreadable."""
+    """Decode image bytes to an upright RGB uint8 array (size, size, 3); FspkdError naming `source` if unreadable.
+
+    Photos are turned as their EXIF orientation says (as viewers show them); greyscale, 16-bit greyscale, CMYK
+    and palette images become RGB.
+    """
+    if not data:
+        raise FspkdError(f"{source}: empty file (0 bytes), not an image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, much faster for big photos
-                rgb = image.convert("RGB")
+                rgb = to_rgb(upright(image))
+    except UnidentifiedImageError:  # its own message names an in-memory buffer, not the file
+        raise FspkdError(f"{source}: unreadable image (not in an image format Pillow knows)") from None
     except Exception as err:  # Pillow raises OSError, SyntaxError, ValueError, ... for bad files
-        raise FspkdError(f"{source}: unreadable image ({type(err).__name__}: {err})") from None
+        reason = " ".join(str(err).split())  # one line, whatever the library put in its message
+        raise FspkdError(f"{source}: unreadable image ({type(err).__name__}: {reason})") from None
     return np.asarray(resize_and_crop(rgb, size))
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation tag says; phones store portraits sideways with that tag.
+
+    A broken EXIF block leaves the image as stored: the pixels are still good, only the hint is lost.
+    """
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # Pillow raises several types for malformed EXIF data
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB of any mode; 16- and 32-bit integer greyscale (scientific PNGs, TIFFs) scaled from 16 bits to 8.
+
+    Pillow's own conversion clips those to 255 instead of scaling, which would turn most such images white.
+    """
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        pixels = np.asarray(image, dtype=np.float64) / 257  # 65535 -> 255
+        return Image.fromarray(np.clip(pixels.round(), 0, 255).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
 
 
 def resize_and_crop(image: Image.Image, size: int) -> Image.Image:

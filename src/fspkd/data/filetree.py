@@ -59,10 +59,25 @@ def open_tree(path: Path) -> FileTree:
     raise FspkdError(f"{path}: expected a folder or a {'/'.join(ARCHIVE_SUFFIXES)} archive")
 
 
+def walk_folder(root: Path):
+    """(folder, file names) under `root`, following symlinked folders: users link `train/` or a class folder to
+    where the images live. A link back to a folder on its own path is skipped, so a cycle cannot loop."""
+    chains = {str(root): (os.path.realpath(root),)}  # each folder's real path and its ancestors'
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        chain = chains.pop(folder)
+        kept = []
+        for name in sorted(subfolders):
+            real = os.path.realpath(os.path.join(folder, name))
+            if real not in chain:
+                kept.append(name)
+                chains[os.path.join(folder, name)] = chain + (real,)
+        subfolders[:] = kept
+        yield folder, files
+
+
 def _folder_tree(root: Path) -> FileTree:
     readers = {}
-    for folder, subfolders, files in os.walk(root):
-        subfolders.sort()
+    for folder, files in walk_folder(root):
         relative_folder = Path(folder).relative_to(root).as_posix()
         prefix = "" if relative_folder == "." else relative_folder + "/"
         for file in files:

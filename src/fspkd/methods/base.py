@@ -37,10 +37,21 @@ class Method:
         self.task_lr: float | None = None  # set when the task-stage lr is probed (fspkd.training.lr_probe)
         if self.needs_teacher and teacher is None:
             raise FspkdError(f"method {self.name!r} needs a teacher: pass --teacher PATH")
+        if teacher is not None and getattr(teacher, "headless_source", None) and self.needs_teacher_outputs():
+            raise FspkdError(
+                f"method {self.name!r} needs the teacher's outputs (a fine-tuned teacher), but "
+                f"{teacher.headless_source} has no classifier weights; fine-tune it first (--method copy) or use a "
+                "method that needs only its features (fsp; fitnet with fitnet_kd_weight [0, 0])"
+            )
         if teacher is not None:
             freeze(teacher)
             if config.channels_last:  # the batches come channels-last; the teacher runs faster in the same layout
                 teacher.to(memory_format=torch.channels_last)
+
+    def needs_teacher_outputs(self) -> bool:
+        """Whether some stage uses the teacher's class scores, not only its features (a features-only teacher,
+        whose classifier is untrained, cannot give them)."""
+        return False
 
     def schedule(self, stage: str) -> Schedule:
         if stage == "stage1":

@@ -50,6 +50,10 @@ class FitNet(Method):
         self.teacher_taps = FeatureTaps(teacher, self.teacher_hints)
         self.regressors = nn.ModuleList()
 
+    def needs_teacher_outputs(self) -> bool:
+        """The task stage's soft cross-entropy uses the teacher's outputs unless its weight is 0 throughout."""
+        return any(self.config.fitnet_kd_weight)
+
     def check(self, example):
         with torch.no_grad(), eval_mode(self.student):
             self.student(example[:2])
@@ -79,8 +83,10 @@ class FitNet(Method):
                 for reg, s, t in zip(self.regressors, self.student_hints, self.teacher_hints)
             )
             return {"loss": loss, "logits": None, "parts": {"hint_loss": loss}}
-        teacher_logits = teacher_forward(self.teacher, images).clone()
         task = F.cross_entropy(logits, labels)
+        if not self.needs_teacher_outputs():  # hints only: the teacher's (maybe untrained) classifier is unused
+            return {"loss": task, "logits": logits, "parts": {"task_loss": task}}
+        teacher_logits = teacher_forward(self.teacher, images).clone()
         soft = soft_cross_entropy(logits, teacher_logits, self.config.fitnet_temperature)
         start, end = self.config.fitnet_kd_weight
         weight = start + (end - start) * progress

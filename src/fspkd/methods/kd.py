@@ -24,6 +24,9 @@ class KD(Method):
     name = "kd"
     needs_teacher = True
 
+    def needs_teacher_outputs(self) -> bool:
+        return True
+
     def step(self, stage, images, labels, progress, forward=None):
         logits = (forward or self.student)(images)
         teacher_logits = teacher_forward(self.teacher, images)

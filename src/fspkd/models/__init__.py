@@ -4,6 +4,7 @@ from fspkd.models import (  # noqa: F401  (importing a family registers its mode
     cifar_resnet,
     cifar_resnet_x4,
     imagenet_resnet,
+    mobilenetv2,
     mobilenetv2_cifar,
     shufflenet,
     vgg,

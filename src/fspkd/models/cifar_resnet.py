@@ -68,6 +68,8 @@ class BasicBlock(nn.Module):
 class CifarResNet(SectionedNet):
     """3x3 stem, three sections of ``n`` blocks at 16w/32w/64w channels and strides 1/2/2, average pool, linear."""
 
+    head = "linear"
+
     def __init__(self, depth: int, num_classes: int = 10, width: int = 1, shortcut: str = "A"):
         super().__init__()
         _check_options(depth, width, shortcut)

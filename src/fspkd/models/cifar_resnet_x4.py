@@ -24,6 +24,8 @@ SECTION_CHANNELS = (64, 128, 256)
 class CifarResNetX4(SectionedNet):
     """3x3 stem, three sections of ``n`` blocks at strides 1/2/2, average pool, fc."""
 
+    head = "fc"
+
     def __init__(self, depth: int, num_classes: int = 10):
         super().__init__()
         blocks_per_section = (depth - 2) // 6

@@ -44,6 +44,8 @@ class BasicBlock(nn.Module):
 class ImageNetResNet(SectionedNet):
     """7x7 stem and max pool (reduction 4), four sections with strides 1/2/2/2, average pool, fc."""
 
+    head = "fc"
+
     def __init__(self, arch: str, blocks_per_section: tuple[int, int, int, int], num_classes: int = 1000):
         super().__init__()
         self.arch = arch

@@ -57,6 +57,8 @@ class InvertedResidual(nn.Module):
 class CifarMobileNetV2(SectionedNet):
     """Stride-2 stem, seven rows of inverted residuals, 1x1 conv to 1280 channels, average pool, linear."""
 
+    head = "classifier"
+
     def __init__(self, num_classes: int = 10, expansion: int = 6, width: float = 0.5):
         super().__init__()
         self.arch = "mobilenetv2_cifar"

@@ -23,7 +23,8 @@ class Section(NamedTuple):
 class SectionedNet(nn.Module):
     """Base of networks made of a stem followed by sections of blocks, each section of one spatial size.
 
-    Subclasses set ``arch`` (the registry name), ``stem_channels`` and ``feature_info``: one dict per section,
+    Subclasses set ``arch`` (the registry name), ``head`` (the classifier's module name, which a features-only
+    checkpoint lacks), ``stem_channels`` and ``feature_info``: one dict per section,
     ``{"name": "layer1", "channels": 16, "reduction": 1}`` (``name`` the tap of the section's output; reduction =
     input size / map size, as in timm), so consumers know channel counts and sizes without a forward pass. Sections
     are ``layer1..layerK`` (``nn.Sequential`` of blocks) unless the subclass overrides ``sections``, and pre-ReLU
@@ -31,6 +32,7 @@ class SectionedNet(nn.Module):
     """
 
     arch: str
+    head: str
     stem_channels: int
     feature_info: list[dict]
 

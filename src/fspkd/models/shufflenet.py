@@ -116,6 +116,8 @@ class ShuffleV2Basic(nn.Module):
 class _CifarShuffleNet(SectionedNet):
     """The 1x1 stem both versions share, and their three sections' declarations."""
 
+    head = "linear"
+
     def _stem(self, arch: str, channels: tuple[int, int, int]) -> None:
         self.arch = arch
         self.stem_channels = STEM_CHANNELS

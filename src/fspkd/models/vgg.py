@@ -41,6 +41,8 @@ class CifarVGG(SectionedNet):
     """``block0`` (the stem), then sections ``block1..block4``, each entered through a max pool except the last,
     global average pool, linear classifier."""
 
+    head = "classifier"
+
     def __init__(self, arch: str, num_classes: int = 10):
         super().__init__()
         config = CONFIGS[arch]

@@ -57,6 +57,8 @@ class BlockGroup(nn.Module):
 class WideResNet(SectionedNet):
     """3x3 stem, three sections of ``n`` pre-activation blocks at strides 1/2/2, BN-ReLU, average pool, fc."""
 
+    head = "fc"
+
     def __init__(self, depth: int, widen: int, num_classes: int = 10):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:

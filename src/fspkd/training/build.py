@@ -6,6 +6,7 @@ together fails here with nothing written (``fspkd.training.run`` calls it before
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def build_run(config: RunConfig, ctx: Context) -> Run:
         student = student.to(memory_format=torch.channels_last)
     teacher = load_teacher(config, splits.num_classes, ctx.device) if config.teacher else None
     method = get_method(config.method)(student, teacher, config)
+    if getattr(teacher, "headless_source", None) and ctx.rank == 0:  # after the method accepted it, not before
+        print(f"fspkd: note: {teacher.headless_source} has no classifier weights: the teacher's classifier is left "
+              f"freshly initialised (fine for {config.method}, which does not use the teacher's outputs)", file=sys.stderr)
     augment = splits.default_augment if config.augment is None else config.augment
     run = Run(config, ctx, splits, mean, std, augment, student, method)
     try:
@@ -103,6 +107,8 @@ def load_init(student: nn.Module, config: RunConfig) -> None:
 
 
 def load_teacher(config: RunConfig, num_classes: int, device) -> nn.Module:
-    """The teacher from one of our runs (folder or checkpoint) or from a foreign state dict + ``teacher_model``."""
-    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, num_classes)
+    """The teacher from one of our runs (folder or checkpoint) or from a foreign state dict + ``teacher_model``;
+    a foreign file may lack the classifier (features only, e.g. an ImageNet backbone for FSP or FitNet hints)."""
+    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, num_classes,
+                              features_only=True)
     return teacher.to(device)

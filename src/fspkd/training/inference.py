@@ -7,15 +7,16 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from fspkd.core.checkpoint import load_checkpoint, load_state_dict_file, load_weights
+from fspkd.core.checkpoint import load_checkpoint, load_state_dict_checked, load_state_dict_file, load_weights
 from fspkd.core.errors import FspkdError
 from fspkd.data import load_dataset, parse_normalize
 from fspkd.models import create
 from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
 
 # the class count of a foreign state dict is read off its head: ResNets (ours, torchvision), the CIFAR benchmarks'
-# VGG and MobileNetV2
-CLASSIFIER_WEIGHTS = ("linear.weight", "fc.weight", "classifier.weight", "classifier.0.weight")
+# VGG and MobileNetV2, ImageNet MobileNetV2
+CLASSIFIER_WEIGHTS = ("linear.weight", "fc.weight", "classifier.weight", "classifier.0.weight",
+                      "classifier.1.weight")
 
 
 def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | None = None,
@@ -56,9 +57,14 @@ def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
     return model
 
 
-def load_network(path: Path, model: str | None, options: dict, num_classes: int):
+def load_network(path: Path, model: str | None, options: dict, num_classes: int, features_only: bool = False):
     """The network of ``path`` (one of our run folders or checkpoints, or a foreign state dict with ``model``
-    naming its architecture) in eval mode, and the normalisation stored with it (None for foreign files)."""
+    naming its architecture) in eval mode, and the normalisation stored with it (None for foreign files).
+
+    ``features_only`` also accepts a foreign file without the classifier (an ImageNet feature extractor): the
+    classifier keeps its fresh weights and the network's ``headless_source`` names the file, so that methods
+    which need its outputs can refuse it (``Method.needs_teacher_outputs``).
+    """
     if path.is_dir():
         path = path / "final.pt"
     payload = _our_payload(path)
@@ -75,7 +81,8 @@ def load_network(path: Path, model: str | None, options: dict, num_classes: int)
     state = load_state_dict_file(path)
     head = next((state[k] for k in CLASSIFIER_WEIGHTS if k in state), None)
     net = create(model, num_classes=int(head.shape[0]) if head is not None else num_classes, **options)
-    load_weights(net, path)
+    if load_state_dict_checked(net, state, source=str(path), head_optional=features_only).missing_keys:
+        net.headless_source = str(path)  # a strict load: only the classifier can be missing
     return net.eval(), None
 
 
