@@ -77,7 +77,8 @@ def test_demo_on_the_shipped_data_writes_table_report_and_figure(tmp_path, capsy
     for run in results["runs"]:
         assert f"| {run['run']} |" in report and f"| {run['run']} |" in printed
         summary = json.loads((out / run["run"] / "summary.json").read_text())
-        assert (run["method"], run["test_acc"]) == (summary["method"], summary["test_acc"])
+        assert (run["method"], run["test_acc"], run["task_lr"]) == (summary["method"], summary["test_acc"],
+                                                                    summary["task_lr"])
     assert 0 < results["teacher_test_acc"] <= 100 and f"{results['teacher_test_acc']:.2f}%" in report
     assert "FSP " in report and "scratch-3x" in report and results["demo_wall_s"] > 0
     assert (out / "curves.png").stat().st_size > 10_000 and "curves.png" in report

@@ -184,6 +184,8 @@ def _results(out: Path, students: dict, teacher: str, teacher_acc: float, scale:
         runs.append({
             "run": name, "method": summary["method"], "model": summary["model"], "test_acc": summary["test_acc"],
             "iterations": summary["total_iterations"], "wall_s": round(summary["total_wall_s"], 1),
+            "task_lr": summary["task_lr"],
+            "probe_iterations": summary["stages"].get("lr_probe", {}).get("iterations", 0),
             "reached_full_at": None if reached is None else {"iteration": reached[0], "wall_s": round(reached[1], 1)},
         })
     return {
@@ -210,8 +212,11 @@ def time_sentence(results: dict) -> str:
 
 
 def _report(results: dict) -> str:
-    rows = [[r["run"], r["method"], r["test_acc"], r["iterations"], r["wall_s"]] for r in results["runs"]]
-    table = markdown_table(["run", "method", "test acc (%)", "iterations", "training time (s)"], rows)
+    rows = [[r[key] for key in ("run", "method", "test_acc", "iterations", "wall_s", "task_lr")] for r in results["runs"]]
+    table = markdown_table(["run", "method", "test acc (%)", "iterations", "training time (s)", "task-stage lr"], rows)
+    fsp = next(r for r in results["runs"] if r["run"] == "fsp")
+    probe = (f", whose probe picked the task-stage lr from the stage-1 weights ({fsp['probe_iterations']} probe steps, "
+             "counted in its iterations and time)" if fsp["probe_iterations"] else "")
     scale = results["scale"]
     again = ("fspkd demo" + ("" if scale == 1 else f" --scale {scale:g}")
              + ("" if not results["seed"] else f" --seed {results['seed']}")
@@ -221,7 +226,7 @@ def _report(results: dict) -> str:
 Data `{results['data']}`; teacher `{results['teacher']}`: **{results['teacher_test_acc']:.2f}%** on the test
 images. Students: {results['student']}. Every student but `{results['target']['run']}` gets the same task budget;
 FSP and FitNet first run their stage 1, counted in iterations and training time (optimiser steps, evaluation
-excluded). `fsp` uses the tool's default recipe ({results['fsp_recipe']!r}). Accuracy is on the test images,
+excluded). `fsp` uses the tool's default recipe ({results['fsp_recipe']!r}){probe}. Accuracy is on the test images,
 evaluated a few times per run for the curves; no run trains or selects anything on them. One seed ({results['seed']}): see
 the project's docs/demo.md for the spread over seeds.
 
