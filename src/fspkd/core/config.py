@@ -106,6 +106,8 @@ class RunConfig:
     fitnet_hints: int = 1  # 1 = one hint in the middle of the network, 3 = one per section
     fitnet_temperature: float = 3.0  # the paper's tau for FitNet's KD stage
     fitnet_kd_weight: list[float] = field(default_factory=lambda: [4.0, 1.0])  # lambda from .. to, linearly
+    hint_layers: list[str] | None = None  # the student's guided layer taps, for models that declare none
+    teacher_hint_layers: list[str] | None = None  # the teacher's hint layer taps (default: hint_layers)
     channels_last: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
     micro_batches: int = 1  # each rank's batch in this many pieces, gradients accumulated (one optimiser step)
