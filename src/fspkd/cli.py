@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(handler=_study)
     models = sub.add_parser("models", help="list the models with their sizes and FSP tap widths, to pick a pair")
+    models.add_argument("--pairs", metavar="MODEL", help="the FSP sections a dry run finds in MODEL (on a 32x32 "
+                        "input, --image-size to change), with the pair and the FitNet hint layer the Distiller uses")
+    models.add_argument("--image-size", type=int, default=32, help="input size of the --pairs dry run")
     models.set_defaults(handler=_models)
     return parser
 
@@ -432,6 +435,14 @@ def _study(args) -> int:
 def _models(args) -> int:
     from fspkd.models.summary import model_table
 
+    if args.pairs:
+        import torch
+
+        from fspkd.core.autosections import describe
+        from fspkd.models import create
+
+        print(describe(create(args.pairs), torch.randn(2, 3, args.image_size, args.image_size)))
+        return 0
     print(model_table())
     return 0
 

@@ -184,7 +184,9 @@ class Distiller(nn.Module):
         if self.method is None:
             self.check(images)
         progress = self.progress if progress is None else progress
-        return self.method.step(self.stage, images, labels, progress, forward or self.runner)
+        runner = self.runner if forward is None else forward
+        # its bound __call__, not the module: methods test ``forward or student``, and a compiled module refuses bool()
+        return self.method.step(self.stage, images, labels, progress, runner.__call__)
 
     # -- module behaviour --------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Distiller:
