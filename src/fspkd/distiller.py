@@ -29,7 +29,7 @@ from fspkd.core.autosections import auto_hint, auto_pairs, find_sections
 from fspkd.core.config import RunConfig, Schedule
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
-from fspkd.core.taps import unwrap
+from fspkd.core.taps import strip_wrapper_prefix, unwrap
 from fspkd.methods import Method, get_method
 from fspkd.methods.base import Forward, StepOutput
 from fspkd.methods.fsp import section_start
@@ -64,7 +64,9 @@ class Distiller(nn.Module):
         self.__dict__["runner"] = student  # runs the student (its DDP / compiled wrapper when given one)
         self.__dict__["teacher"] = teacher  # outside the module tree: no parameters, no state_dict, no DDP
         self.__dict__["method"] = None  # built on the first batch (see the module docstring)
-        self.pairs, self.teacher_pairs = _listed(pairs), _listed(teacher_pairs)
+        # the taps go on the unwrapped student, so its paths lose a wrapper's prefix (a DDP path "module.layer1")
+        self.pairs = _listed(pairs, strip=student is not self.student)
+        self.teacher_pairs = _listed(teacher_pairs, strip=teacher is not None and unwrap(teacher) is not teacher)
         self.extras = nn.ModuleDict()  # learnable modules of the method (FitNet's regressors)
         self._stage = self.method_class.stages[0]
         self.progress = 0.0  # fraction of the stage done, 0 to 1: FitNet's task stage anneals its KD weight by it
@@ -235,8 +237,10 @@ def _hints(model: nn.Module, example: torch.Tensor, count: int) -> list[str]:
     return [auto_hint(model, example)]
 
 
-def _listed(pairs):
-    """Pairs as lists (the RunConfig form), a bare tap kept as it is; None stays None."""
+def _listed(pairs, strip: bool = False):
+    """Pairs as lists (the RunConfig form), a bare tap kept as it is, wrapper prefixes removed when ``strip``;
+    None stays None."""
     if pairs is None:
         return None
-    return [list(p) if isinstance(p, (list, tuple)) else p for p in pairs]
+    name = strip_wrapper_prefix if strip else (lambda tap: tap)
+    return [[name(t) for t in p] if isinstance(p, (list, tuple)) else name(p) for p in pairs]
