@@ -52,8 +52,11 @@ def test_the_teacher_is_frozen_hidden_and_stays_in_eval_mode():
     ids = {id(p) for p in distiller.parameters()}
     assert ids == {id(p) for p in student.parameters()}
     assert all(key.startswith("student.") for key in distiller.state_dict())
-    distiller.to(torch.float64)
+    distiller.check(IMAGES).to(torch.float64)  # after check: the method's BatchNorm-folded teacher moves too
     assert teacher.conv1.weight.dtype == torch.float64 and student.conv1.weight.dtype == torch.float64
+    runner = distiller.method.teacher_taps.model
+    assert runner is not teacher and all(p.dtype == torch.float64 for p in runner.parameters())
+    assert distiller(IMAGES.double(), LABELS)[1]["loss"] > 0  # FSP matrices are float32 whatever the input
 
 
 def test_settings_resolve_as_the_cli_resolves_them():

@@ -29,7 +29,7 @@ from fspkd.core.autosections import auto_hint, auto_pairs, find_sections
 from fspkd.core.config import RunConfig, Schedule
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
-from fspkd.core.taps import strip_wrapper_prefix, unwrap
+from fspkd.core.taps import FeatureTaps, strip_wrapper_prefix, unwrap
 from fspkd.methods import Method, get_method
 from fspkd.methods.base import Forward, StepOutput
 from fspkd.methods.fsp import section_start
@@ -158,9 +158,12 @@ class Distiller(nn.Module):
         """The student's class count against the teacher's (when its outputs are used) and the labels."""
         was_training = self.student.training
         try:
-            classes = self.student.eval()(example[:2]).shape[-1]
+            logits = self.student.eval()(example[:2])
         finally:
             self.student.train(was_training)
+        if not isinstance(logits, torch.Tensor):  # a model returning more than class scores: nothing to compare
+            return
+        classes = logits.shape[-1]
         if self.teacher is not None and self.method.needs_teacher_outputs():
             theirs = self.teacher(example[:2]).shape[-1]
             if theirs != classes:
@@ -199,11 +202,26 @@ class Distiller(nn.Module):
         return self
 
     def _apply(self, fn, recurse: bool = True):
-        """``.to()``, ``.cuda()``, ``.double()``, ... move the (unregistered) teacher with the student."""
+        """``.to()``, ``.cuda()``, ``.double()``, ... move the (unregistered) teacher with the student, and any
+        copy of it the method runs (the FSP method's BatchNorm-folded teacher)."""
         super()._apply(fn, recurse)
-        if self.teacher is not None:
-            self.teacher._apply(fn)
+        done = {id(module) for module in self.modules()}
+        for module in self._hidden_modules():
+            if id(module) not in done:
+                module._apply(fn)
+                done.update(id(m) for m in module.modules())
         return self
+
+    def _hidden_modules(self) -> list[nn.Module]:
+        """The teacher and the modules the method holds outside the distiller's tree (teacher copies, tapped
+        runners)."""
+        hidden = [self.teacher] if self.teacher is not None else []
+        for value in vars(self.method).values() if self.method is not None else ():
+            if isinstance(value, FeatureTaps):
+                value = value.model
+            if isinstance(value, nn.Module):
+                hidden.append(value)
+        return hidden
 
     def close(self) -> None:
         """Remove the method's hooks from student and teacher."""
