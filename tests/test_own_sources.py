@@ -85,3 +85,29 @@ def test_fsp_distills_between_the_users_own_networks_on_found_sections(user_code
                  "--model-option", "width=16", "--stage1-iterations", "4", "--iterations", "4", "--out", "fsp"]) == 0
     summary = json.loads((user_code / "fsp" / "summary.json").read_text())
     assert summary["method"] == "fsp" and 0 <= summary["test_acc"] <= 100
+
+
+def test_log_tensorboard_copies_the_metrics_rows(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic:64,16", "--batch-size", "16", "--eval-every", "2", "--quiet",
+                 "--model", "resnet8", "--iterations", "2", "--log", "tensorboard", "--out", str(out)]) == 0
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"task/loss", "task/task_loss", "task/lr"} <= set(events.Tags()["scalars"])
+
+
+def test_a_missing_tracker_fails_in_one_line_with_the_pip_command(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    args = ["train", "--data", "synthetic:64,16", "--batch-size", "16", "--quiet", "--model", "resnet8",
+            "--iterations", "2", "--log", "wandb", "--out", str(tmp_path / "run")]
+    with pytest.raises(FspkdError, match=r"log 'wandb' needs 'wandb': pip install 'fspkd\[wandb\]'"):
+        from fspkd.core.settings import resolve_config
+        from fspkd.training.loggers import open_tracker
+
+        open_tracker(resolve_config({"log": "wandb"}), tmp_path)
+    assert main(args) == 2 and not (tmp_path / "run").exists()  # refused before the run folder is made

@@ -24,9 +24,9 @@ RUN_FLAGS = {
     "--split-seed": ("split_seed", int, "seed of the --val-split hold-out (default: --seed), to vary --seed on "
                      "one validation split"),
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
-    "--model": ("model", str, "network to train (the student): a name from 'fspkd models' or your factory, "
-                "package.module:function (called with num_classes=)"),
+    "--model": ("model", str, "the student: a name from 'fspkd models' or your package.module:factory"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
+    "--log": ("log", str, "csv (default: metrics.csv only) | tensorboard | wandb (extras fspkd[tensorboard|wandb])"),
     "--micro-batches": ("micro_batches", int, "split each process's batch into this many pieces, accumulating "
                         "gradients (default 1)"),
 }

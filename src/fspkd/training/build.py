@@ -22,6 +22,7 @@ from fspkd.methods import Method
 from fspkd.models import create
 from fspkd.training.distributed import Context
 from fspkd.training.inference import load_network
+from fspkd.training.loggers import check_tracker
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Run:
 def build_run(config: RunConfig, ctx: Context) -> Run:
     """The run's parts on this rank, after a dry run of the method on one batch (``Distiller.check``)."""
     check_devices(config, ctx)
+    check_tracker(config)
     torch.manual_seed(config.seed)
     splits = load_run_data(config)
     mean, std = parse_normalize(config.normalize, splits)
