@@ -77,6 +77,7 @@ def test_fitnet_regressors_are_learnable_parameters_after_check():
     regressor = distiller.extras["regressors"][0]
     assert isinstance(regressor, nn.Conv2d) and {id(p) for p in regressor.parameters()} <= {
         id(p) for p in distiller.parameters()}
+    assert distiller.check(IMAGES).extras["regressors"][0] is regressor  # set up once: an optimiser keeps it
     _, losses = distiller(IMAGES, LABELS)
     assert set(losses) == {"hint_loss", "loss"}
     assert isinstance(distiller.make_optimizer(), torch.optim.SGD) and distiller.schedule.lr == 1e-4
@@ -86,7 +87,7 @@ def test_check_gives_the_clis_one_line_errors():
     student, teacher = models("resnet8", "resnet8x4")
     with pytest.raises(FspkdError, match="FSP needs equal channel widths at both ends of every pair") as err:
         Distiller(student, teacher, "fsp").check(IMAGES)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and not student.layer1._forward_hooks  # no hooks left on a refused set-up
     with pytest.raises(FspkdError, match="no module 'layer9' in CifarResNet"):
         Distiller(*models(), "fsp", pairs=[("layer1", "layer9")]).check(IMAGES)
     with pytest.raises(FspkdError, match="the student has 3 classes but the teacher 5"):

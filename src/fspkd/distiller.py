@@ -113,12 +113,18 @@ class Distiller(nn.Module):
     def check(self, example: torch.Tensor, labels: torch.Tensor | None = None) -> Distiller:
         """Set the method up on ``example`` (a batch of images) if not yet, and dry-run it: every pair's taps,
         FSP matrix shapes, hint sizes, the teacher's and student's class counts (and ``labels`` against them).
-        Raises FspkdError, with the CLI's messages, if anything does not fit."""
+        Raises FspkdError, with the CLI's messages, if anything does not fit. Later calls check the class counts
+        only: the method's set-up (FitNet's regressors, which an optimiser may hold by then) is made once."""
         if self.method is None:
-            self.__dict__["method"] = self.method_class(self.student, self.teacher, self._method_config(example))
-        self.method.check(example)
-        self.extras = nn.ModuleDict({name: module for stage in self.stages
-                                     for name, module in self.method.extra_modules(stage).items()})
+            method = self.method_class(self.student, self.teacher, self._method_config(example))
+            try:
+                method.check(example)
+            except BaseException:
+                method.close()  # no hooks left behind on the user's models
+                raise
+            self.__dict__["method"] = method
+            self.extras = nn.ModuleDict({name: module for stage in self.stages
+                                         for name, module in method.extra_modules(stage).items()})
         self._check_classes(example, labels)
         return self
 
