@@ -1,7 +1,7 @@
 """FSP distillation in a Hugging Face Accelerate loop: ``pip install 'fspkd[accelerate]'``, then
 
     accelerate launch --num_processes 1 --cpu examples/accelerate_fsp.py --steps 20
-    accelerate launch --num_processes 2 examples/accelerate_fsp.py          # DDP over two processes or GPUs
+    accelerate launch --multi_gpu --num_processes 2 examples/accelerate_fsp.py   # DDP on two GPUs
 
 Stage 1 fits the student's FSP matrices to the teacher's, the task stage then trains it on the labels; each stage
 with the optimiser and learning rates ``fspkd distill`` would use. The data here is random images so that the
@@ -22,11 +22,11 @@ def loader(batch_size: int) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, labels), batch_size, shuffle=True)
 
 
-def train_stage(accelerator, distiller, batches, steps: int) -> float:
-    """``steps`` optimiser steps of the distiller's current stage; returns the last loss."""
-    optimizer = distiller.make_optimizer()
+def train_stage(accelerator, model, distiller, batches, steps: int) -> float:
+    """``steps`` optimiser steps of the distiller's current stage through ``model`` (the prepared distiller);
+    returns the last loss."""
+    optimizer = accelerator.prepare(distiller.make_optimizer())  # each stage has its own optimiser
     schedule = distiller.schedule
-    model, optimizer = accelerator.prepare(distiller, optimizer)
     model.train()
     data = iter(batches)
     for step in range(steps):
@@ -42,7 +42,8 @@ def train_stage(accelerator, distiller, batches, steps: int) -> float:
         optimizer.zero_grad()
         accelerator.backward(losses["loss"])
         optimizer.step()
-    accelerator.print(f"{distiller.stage}: loss {losses['loss'].item():.4f} after {steps} steps")
+    accelerator.print(f"{distiller.stage}: loss {losses['loss'].item():.4f} after {steps} steps on "
+                      f"{accelerator.num_processes} process(es)")
     return losses["loss"].item()
 
 
@@ -59,9 +60,10 @@ def main(argv=None) -> None:
     batches = accelerator.prepare(loader(args.batch_size))
     distiller = fspkd.Distiller(student, teacher, "fsp").to(accelerator.device)
     distiller.check(next(iter(batches))[0])  # pairs, widths, classes: a clear error before any training
+    model = accelerator.prepare(distiller)  # once: DDP over several processes (the teacher stays outside it)
     for stage in distiller.stages:
         distiller.stage = stage
-        train_stage(accelerator, distiller, batches, args.steps)
+        train_stage(accelerator, model, distiller, batches, args.steps)
     if accelerator.is_main_process:
         torch.save(accelerator.unwrap_model(distiller).student.state_dict(), args.out)
 
