@@ -5,7 +5,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fspkd"
 # each folder may import from its own layer and the layers before it, never from a later one
-LAYERS = [("core",), ("models", "data"), ("accel",), ("methods",), ("training",), ("experiments",),
+LAYERS = [("core",), ("models", "data"), ("accel",), ("methods",), ("distiller",), ("training",),
+          ("experiments", "integrations"),
           ("cli", "__init__", "__main__")]
 MAX_LINES = 450
 

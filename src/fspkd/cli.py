@@ -14,7 +14,8 @@ from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, name_schedule_f
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
-    "--data": ("data", str, "KIND:PATH (cifar10:, cifar100:, imagefolder:, cub200:) or 'synthetic' (built in)"),
+    "--data": ("data", str, "KIND:PATH (cifar10:, cifar100:, imagefolder:, cub200:), 'synthetic' (built in), or "
+               "python:package.module:attribute (your Dataset of (image, label))"),
     "--val-split": ("val_split", float, "fraction of the training set held out for validation (default 0)"),
     "--normalize": ("normalize", str, "dataset (default) | imagenet | none | R,G,B:R,G,B (mean:std)"),
     "--image-size": ("image_size", int, "resize + centre-crop size for imagefolder / cub200 data"),
@@ -23,8 +24,9 @@ RUN_FLAGS = {
     "--split-seed": ("split_seed", int, "seed of the --val-split hold-out (default: --seed), to vary --seed on "
                      "one validation split"),
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
-    "--model": ("model", str, "network to train (the student); see 'fspkd models'"),
+    "--model": ("model", str, "the student: a name from 'fspkd models' or your package.module:factory"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
+    "--log": ("log", str, "csv (default: metrics.csv only) | tensorboard | wandb (extras fspkd[tensorboard|wandb])"),
     "--micro-batches": ("micro_batches", int, "split each process's batch into this many pieces, accumulating "
                         "gradients (default 1)"),
 }
@@ -48,7 +50,7 @@ def learning_rates(text: str) -> list[float]:
 DISTILL_FLAGS = {
     "--method": ("method", str, "fsp (default) | kd | fitnet | copy"),
     "--teacher": ("teacher", str, "teacher checkpoint: one of our run folders / .pt files, or a foreign state dict"),
-    "--teacher-model": ("teacher_model", str, "the teacher's architecture (needed for foreign checkpoints)"),
+    "--teacher-model": ("teacher_model", str, "the teacher's architecture (for foreign checkpoints), as --model"),
     "--students": ("students", int, "students trained on the task from one stage 1 (default 1)"),
     "--fsp-lambda": ("fsp_lambda", float, "lambda of Eq. 2, one for all pairs"),
     "--fsp-first": ("fsp_first", str, "section start taken 'before' or 'after' its down-sampling block; "
@@ -195,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quiet", action="store_true", help="no progress output")
     study.set_defaults(handler=_study)
     models = sub.add_parser("models", help="list the models with their sizes and FSP tap widths, to pick a pair")
+    models.add_argument("--pairs", metavar="MODEL", help="the FSP sections and FitNet hint a dry run finds in MODEL")
+    models.add_argument("--image-size", type=int, default=32, help="input size of the --pairs dry run")
     models.set_defaults(handler=_models)
     return parser
 
@@ -430,9 +434,9 @@ def _study(args) -> int:
 
 
 def _models(args) -> int:
-    from fspkd.models.summary import model_table
+    from fspkd.models.summary import found_sections, model_table
 
-    print(model_table())
+    print(found_sections(args.pairs, args.image_size) if args.pairs else model_table())
     return 0
 
 

@@ -106,10 +106,13 @@ class RunConfig:
     fitnet_hints: int = 1  # 1 = one hint in the middle of the network, 3 = one per section
     fitnet_temperature: float = 3.0  # the paper's tau for FitNet's KD stage
     fitnet_kd_weight: list[float] = field(default_factory=lambda: [4.0, 1.0])  # lambda from .. to, linearly
+    hint_layers: list[str] | None = None  # the student's guided layer taps, for models that declare none
+    teacher_hint_layers: list[str] | None = None  # the teacher's hint layer taps (default: hint_layers)
     channels_last: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
     micro_batches: int = 1  # each rank's batch in this many pieces, gradients accumulated (one optimiser step)
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CPU/gloo has none: per-rank BN statistics)
+    log: str = "csv"  # csv (metrics.csv only) | tensorboard | wandb: a copy of each metrics row to that tracker
 
     @property
     def held_out_seed(self) -> int:
@@ -145,6 +148,8 @@ class RunConfig:
         if self.stored_fsp_views < 1 or self.stored_fsp_dtype not in ("float16", "float32"):
             raise FspkdError(f"stored_fsp_views must be >= 1 and stored_fsp_dtype float16 or float32, got "
                              f"{self.stored_fsp_views} and {self.stored_fsp_dtype!r}")
+        if self.log not in ("csv", "tensorboard", "wandb"):
+            raise FspkdError(f"log must be csv, tensorboard or wandb, got {self.log!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise FspkdError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
         return self

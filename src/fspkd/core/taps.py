@@ -7,7 +7,11 @@ A tap spec names a module by its path in ``model.named_modules()`` and optionall
 
 Stored tensors keep their autograd graph; whether to run under ``torch.no_grad()`` is the caller's choice. A tensor
 that a later in-place operation modifies (an ``nn.ReLU(inplace=True)`` after the tapped module) is stored as modified:
-tap the module whose output is not overwritten. With DDP, tap the wrapped ``ddp.module``.
+tap the module whose output is not overwritten.
+
+A model wrapped by DDP (or DataParallel) or by ``torch.compile`` is tapped inside its wrapper: the hooks go on the
+wrapped network and a path may name a module with or without the wrapper's ``module.`` / ``_orig_mod.`` prefix.
+A path copied from either model's ``named_modules()`` thus finds the same module.
 """
 
 from __future__ import annotations
@@ -31,6 +35,31 @@ def parse_tap(spec: str) -> tuple[str, bool]:
     return path, bool(sep)
 
 
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DDP / DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def strip_wrapper_prefix(spec: str) -> str:
+    """A tap spec with any leading wrapper prefixes (``module.``, ``_orig_mod.``) removed."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if spec.startswith(prefix):
+                spec, stripped = spec[len(prefix):], True
+    return spec
+
+
 def find_module(model: nn.Module, path: str) -> nn.Module:
     """``model.get_submodule(path)``, or an FspkdError that lists the closest module paths."""
     try:
@@ -50,13 +79,15 @@ class FeatureTaps:
     """
 
     def __init__(self, model: nn.Module, taps: Sequence[str]):
-        self.model = model
+        wrapped = unwrap(model) is not model
+        self.model = unwrap(model)
+        # a prefixed spec stays the key of its features, so callers look them up by the name they gave
         self.taps = tuple(dict.fromkeys(taps))  # unique, in order
         self._features: dict[str, torch.Tensor] = {}
         self._handles = []
         for spec in self.taps:
             path, takes_input = parse_tap(spec)
-            module = find_module(model, path)
+            module = find_module(self.model, strip_wrapper_prefix(path) if wrapped else path)
             if takes_input:
                 self._handles.append(module.register_forward_pre_hook(self._input_hook(spec)))
             else:

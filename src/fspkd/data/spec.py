@@ -10,6 +10,7 @@ from fspkd.data.cifar import read_cifar, resize_decoded
 from fspkd.data.cub200 import read_cub200
 from fspkd.data.filetree import ARCHIVE_SUFFIXES, open_tree
 from fspkd.data.imagefolder import read_image_folder
+from fspkd.data.python_source import read_python_dataset
 from fspkd.data.sets import DecodedDataset, Splits
 from fspkd.data.split import check_val_split, split_off_val
 from fspkd.data.stats import channel_stats
@@ -25,7 +26,7 @@ READERS = {
 }
 NOT_AUGMENTED = ("cifar100",)  # the paper trains CIFAR-100 without augmentation
 SPEC_USAGE = ("expected 'KIND:PATH' with KIND one of cifar10, cifar100, imagefolder, cub200, "
-              "or 'synthetic' / 'synthetic:TRAIN[,TEST]' / 'builtin' / ''")
+              "'python:package.module:attribute', or 'synthetic' / 'synthetic:TRAIN[,TEST]' / 'builtin' / ''")
 
 
 def load_dataset(spec: str, *, val_split: float = 0.0, seed: int = 0, image_size: int | None = None,
@@ -37,7 +38,8 @@ def load_dataset(spec: str, *, val_split: float = 0.0, seed: int = 0, image_size
     plus optional test/<class>/, or val/<class>/ when there is no test/; folder or .tar.gz), 'cub200:PATH'
     (official CUB-200-2011 folder or archive, official train/test split), or the built-in procedurally
     generated set: 'synthetic', 'builtin' or '' (10,000 train / 2,000 test images), 'synthetic:TRAIN' or
-    'synthetic:TRAIN,TEST' for other sizes. The layout may also sit inside one or two wrapping folders.
+    'synthetic:TRAIN,TEST' for other sizes, or 'python:package.module:attribute' (any Dataset of (image, label),
+    see ``fspkd.data.python_source``). The layout may also sit inside one or two wrapping folders.
     Class labels are the indices of the sorted class-folder names (CIFAR, CUB: the official order).
     `name` is the kind ('cifar10', 'synthetic', ...), for imagefolder the folder/archive name.
     val_split: fraction of each training class held out as `val` (seeded by `seed`); 0 for none.
@@ -49,6 +51,11 @@ def load_dataset(spec: str, *, val_split: float = 0.0, seed: int = 0, image_size
     """
     val_split = check_val_split(val_split)
     kind, argument = parse_spec(spec)
+    if kind == "python":  # a user's Dataset: its own image size unless one is asked for; not cached
+        decoded = read_python_dataset(argument)
+        if image_size is not None:
+            decoded = resize_decoded(decoded, _check_image_size(image_size))
+        return build_splits(decoded, argument.rpartition(":")[2], True, val_split, seed)
     size = _check_image_size(image_size if image_size is not None else DEFAULT_IMAGE_SIZE[kind])
     if kind == "synthetic":
         decoded, name = resize_decoded(make_synthetic(*_synthetic_sizes(argument)), size), "synthetic"
@@ -68,7 +75,7 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return "synthetic", ""
     kind, separator, argument = text.partition(":")
     kind = kind.lower()
-    if not separator or (kind not in READERS and kind != "synthetic"):
+    if not separator or (kind not in READERS and kind not in ("synthetic", "python")):
         raise FspkdError(f"data set spec {spec!r}: {SPEC_USAGE}")
     return kind, argument.strip()
 

@@ -23,7 +23,10 @@ def soft_cross_entropy(logits_student, logits_teacher, temperature: float) -> to
     return -(p_teacher * F.log_softmax(logits_student.float() / temperature, dim=1)).sum(1).mean()
 
 
-def hint_taps(model, count: int, role: str) -> list[str]:
+def hint_taps(model, count: int, role: str, given: list[str] | None = None) -> list[str]:
+    """The hint (teacher) or guided (student) taps: ``given`` if named, else those the model declares."""
+    if given:
+        return list(given)
     taps = [model.hint_layer] if count == 1 else list(getattr(model, "section_outputs", []))
     if not taps or (count == 1 and not getattr(model, "hint_layer", None)):
         raise FspkdError(f"the {role} model declares no FitNet hint layers (hint_layer / section_outputs)")
@@ -42,8 +45,9 @@ class FitNet(Method):
 
     def __init__(self, student, teacher, config):
         super().__init__(student, teacher, config)
-        self.student_hints = hint_taps(student, config.fitnet_hints, "student")
-        self.teacher_hints = hint_taps(teacher, config.fitnet_hints, "teacher")
+        self.student_hints = hint_taps(student, config.fitnet_hints, "student", config.hint_layers)
+        self.teacher_hints = hint_taps(teacher, config.fitnet_hints, "teacher",
+                                       config.teacher_hint_layers or config.hint_layers)
         if len(self.student_hints) != len(self.teacher_hints):
             raise FspkdError("student and teacher declare different numbers of FitNet hint layers")
         self.student_taps = FeatureTaps(student, self.student_hints)

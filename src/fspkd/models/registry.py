@@ -9,6 +9,7 @@ from typing import Callable
 from torch import nn
 
 from fspkd.core.errors import FspkdError
+from fspkd.core.imports import is_import_spec, load_object
 
 _BUILDERS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -28,7 +29,10 @@ def list_models() -> list[str]:
 
 
 def create(name: str, num_classes: int = 10, **options) -> nn.Module:
-    """Build the registered model ``name``; unknown names and options raise FspkdError."""
+    """Build the registered model ``name``, or call the factory ``name`` = ``package.module:function``; unknown
+    names and options raise FspkdError."""
+    if isinstance(name, str) and is_import_spec(name):
+        return _from_factory(name, num_classes, options)
     builder = _BUILDERS.get(name)
     if builder is None:
         raise FspkdError(f"unknown model {name!r}{_nearest(name, list_models())}; valid models: {', '.join(list_models())}")
@@ -47,3 +51,22 @@ def create(name: str, num_classes: int = 10, **options) -> nn.Module:
 def _nearest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _from_factory(spec: str, num_classes: int, options: dict) -> nn.Module:
+    """``factory(num_classes=..., **options)`` (num_classes only if the factory takes it), checked to be a module."""
+    factory = load_object(spec, "model")
+    if not callable(factory):
+        raise FspkdError(f"model {spec!r} is not callable; name a function or class that builds an nn.Module")
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes = "num_classes" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    try:
+        model = factory(**({"num_classes": num_classes} if takes else {}), **options)
+    except TypeError as err:
+        raise FspkdError(f"model {spec!r}: calling it with {options or 'no options'} failed ({err})") from None
+    if not isinstance(model, nn.Module):
+        raise FspkdError(f"model {spec!r} built a {type(model).__name__}, not an nn.Module")
+    return model

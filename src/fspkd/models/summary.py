@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from fspkd.core.autosections import describe
 from fspkd.core.taps import FeatureTaps
 from fspkd.models.registry import create, list_models
 
@@ -58,3 +59,9 @@ def _widths_text(widths: dict[str, list[tuple[int, int]]] | None) -> str:
     if not widths:
         return "no declared FSP sections"
     return " | ".join(" ".join(f"{a}>{b}" for a, b in widths[start]) for start in STARTS)
+
+
+def found_sections(name: str, size: int = PROBE_SIZE) -> str:
+    """The FSP sections, pairs and hint layer a dry run on a ``size`` x ``size`` input finds in model ``name``
+    (what ``fspkd.Distiller`` uses for a model that declares none)."""
+    return describe(create(name), torch.randn(2, 3, size, size))

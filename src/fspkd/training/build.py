@@ -17,15 +17,18 @@ from fspkd.core.checkpoint import load_checkpoint
 from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
 from fspkd.data import BatchLoader, Splits, load_dataset, parse_normalize
-from fspkd.methods import Method, get_method
+from fspkd.distiller import Distiller
+from fspkd.methods import Method
 from fspkd.models import create
 from fspkd.training.distributed import Context
 from fspkd.training.inference import load_network
+from fspkd.training.loggers import check_tracker
 
 
 @dataclass
 class Run:
-    """The parts of one run, built once: its settings, data, student and method."""
+    """The parts of one run, built once: its settings, data, student and distiller (which owns the method: the
+    engine computes its losses through the same ``fspkd.Distiller`` a user's own loop does)."""
 
     config: RunConfig
     ctx: Context
@@ -34,7 +37,11 @@ class Run:
     std: list[float]
     augment: bool
     student: nn.Module
-    method: Method
+    distiller: Distiller
+
+    @property
+    def method(self) -> Method:
+        return self.distiller.built()
 
     def loader(self, seed: int, train: bool = True) -> BatchLoader:
         """This rank's batches of the training split: shuffled and augmented forever (``train``) or one pass."""
@@ -54,8 +61,9 @@ class Run:
 
 
 def build_run(config: RunConfig, ctx: Context) -> Run:
-    """The run's parts on this rank, after a dry run of the method on one batch (``Method.check``)."""
+    """The run's parts on this rank, after a dry run of the method on one batch (``Distiller.check``)."""
     check_devices(config, ctx)
+    check_tracker(config)
     torch.manual_seed(config.seed)
     splits = load_run_data(config)
     mean, std = parse_normalize(config.normalize, splits)
@@ -66,17 +74,17 @@ def build_run(config: RunConfig, ctx: Context) -> Run:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     teacher = load_teacher(config, splits.num_classes, ctx.device) if config.teacher else None
-    method = get_method(config.method)(student, teacher, config)
+    distiller = Distiller(student, teacher, config=config)
+    augment = splits.default_augment if config.augment is None else config.augment
+    run = Run(config, ctx, splits, mean, std, augment, student, distiller)
+    try:
+        distiller.check(next(iter(run.loader(seed=config.seed, train=False)))[0].to(ctx.device))
+    except BaseException:
+        distiller.close()
+        raise
     if getattr(teacher, "headless_source", None) and ctx.rank == 0:  # after the method accepted it, not before
         print(f"fspkd: note: {teacher.headless_source} has no classifier weights: the teacher's classifier is left "
               f"freshly initialised (fine for {config.method}, which does not use the teacher's outputs)", file=sys.stderr)
-    augment = splits.default_augment if config.augment is None else config.augment
-    run = Run(config, ctx, splits, mean, std, augment, student, method)
-    try:
-        method.check(next(iter(run.loader(seed=config.seed, train=False)))[0].to(ctx.device))
-    except BaseException:
-        method.close()
-        raise
     return run
 
 

@@ -20,6 +20,7 @@ from fspkd.data import Splits
 from fspkd.training import distributed
 from fspkd.training.build import Run
 from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
+from fspkd.training.loggers import open_tracker
 from fspkd.training.runlog import MetricsFile
 
 PROBE_NOTE = "# task.lr chosen by the probe over task_lr_candidates:"
@@ -53,6 +54,7 @@ class Records:
     def __init__(self, run: Run, out: Path):
         self.run, self.out = run, out
         self.metrics = MetricsFile(out / "metrics.csv")
+        self.tracker = open_tracker(run.config, out) if run.ctx.is_main else None  # --log tensorboard | wandb
         self.wall = 0.0  # seconds of optimiser steps, over all stages and students
         self.stage_stats: dict[str, dict] = {}
 
@@ -70,6 +72,8 @@ class Records:
             row.update({f"{split}_acc": acc for split, (acc, _, _) in self.held_out_predictions().items()})
         if self.run.ctx.is_main:  # written before the checkpoint: a resume from that checkpoint never lacks it
             self.metrics.append(row)
+            if self.tracker:
+                self.tracker.log(row)
         return row
 
     def _train_row(self, position: Position, stage: str, output: dict, labels) -> dict:
@@ -170,6 +174,8 @@ class Records:
 
     # -- summary --------------------------------------------------------------------------------------------
     def write_summary(self, students: list[dict]) -> dict:
+        if self.tracker:
+            self.tracker.close()
         config = self.run.config
         summary = {"method": config.method, "model": config.model, "teacher": config.teacher, "data": config.data,
                    "num_classes": self.run.splits.num_classes, "students": config.students}

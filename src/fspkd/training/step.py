@@ -1,7 +1,8 @@
 """One optimiser step of one stage: micro-batches, autocast, gradient averaging over ranks, clipping, finite check.
 
-Under ``torchrun`` each process takes its slice of the global batch. Where the loss flows through the student's
-output, the student runs through a DDP wrapper that this module owns and hands to ``Method.step``; a feature stage
+A batch's losses come from the run's ``fspkd.Distiller``, the object a user's own loop calls. Under ``torchrun``
+each process takes its slice of the global batch. Where the loss flows through the student's output, the student
+runs through a DDP wrapper that this module owns and hands to the distiller; a feature stage
 (FSP matrices, FitNet hints) leaves the head without gradients, so its gradients are averaged here instead. Taking
 each slice in ``micro_batches`` pieces with accumulated gradients computes exactly what that many processes with
 per-process BatchNorm compute.
@@ -17,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fspkd.core.config import Schedule
 from fspkd.core.errors import FspkdError
+from fspkd.distiller import make_optimizer  # noqa: F401  (the engine's optimisers are the Distiller's)
 from fspkd.training import distributed
 from fspkd.training.build import Run
 
@@ -32,6 +34,7 @@ class Stepper:
         self.run, self.stage, self.optimizer = run, stage, optimizer
         self.schedule: Schedule = run.method.schedule(stage)
         config, ctx = run.config, run.ctx
+        run.distiller.stage = stage
         self.forward = run.student
         if ctx.distributed and stage not in run.method.feature_stages:
             # buffers are averaged after each step (see RunningStatsMean), not broadcast from rank 0
@@ -55,7 +58,7 @@ class Stepper:
 
     def _forward_backward(self, iteration: int, images, labels) -> dict:
         """Loss and averaged gradients of one global batch, this rank's share taken in ``micro_batches`` pieces."""
-        pieces, method = self.run.config.micro_batches, self.run.method
+        pieces, distiller = self.run.config.micro_batches, self.run.distiller
         progress = iteration / max(self.schedule.iterations - 1, 1)
         statistics = RunningStatsMean(self.run.student) if pieces > 1 else None  # one piece: nothing to average
         outputs = []
@@ -63,7 +66,8 @@ class Stepper:
             if statistics:
                 statistics.restore()
             with self._no_sync(last=index == pieces - 1), self._autocast():
-                output = method.step(self.stage, x, y, progress, self.forward)
+                logits, losses = distiller(x, y, progress, self.forward)
+                output = {"loss": losses.pop("loss"), "logits": logits, "parts": losses}
             if statistics:
                 statistics.add()
             self._check_finite(output, iteration)
@@ -112,13 +116,6 @@ class Stepper:
         bad = [name for name, v in output["parts"].items() if not torch.isfinite(v.detach()).all()]
         raise NonFiniteLoss(f"non-finite loss at iteration {iteration + 1} of {self.stage} "
                             f"(term {', '.join(bad) or 'loss'}: {float(output['loss'].detach())})")
-
-
-def make_optimizer(schedule: Schedule, params) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if schedule.optimizer == "adam":
-        return torch.optim.Adam(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    return torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
 
 
 def _mean_output(outputs: list[dict]) -> dict:
