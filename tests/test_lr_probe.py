@@ -53,9 +53,14 @@ def test_the_probe_is_deterministic_and_leaves_student_and_rng_as_they_were(teac
     assert other.losses != first.losses  # the seed draws the probe's batches
 
 
-def test_the_probe_picks_the_rate_that_learns_over_one_too_low_and_one_that_diverges(teacher):
-    # from a fresh student: 1e-7 leaves the loss where it starts, 1e4 blows it up, 0.005 learns
-    config = probed(teacher, task_lr_candidates=[1e-7, 0.005, 1e4], task={"iterations": 1200})
+def test_the_probe_picks_the_rate_that_learns_over_one_too_low_and_one_that_diverges(teacher, tmp_path):
+    # from a briefly trained student (BatchNorm statistics set, as after stage 1): 1e-7 leaves the loss where it
+    # is, 1e4 blows it up, 0.005 goes on learning
+    start = RunConfig(data="synthetic:320,100", model="resnet8", batch_size=16, val_split=0.1,
+                      task=Schedule(iterations=40, lr=0.05, milestones=[30]))
+    train(start, tmp_path / "start", progress=False)
+    config = probed(teacher, task_lr_candidates=[1e-7, 0.005, 1e4], task={"iterations": 1200},
+                    init=str(tmp_path / "start" / "final.pt"))
     result = lr_probe.choose_task_lr(build_run(config, distributed.setup("cpu")))
     assert result.chosen == 0.005, result.losses
     assert result.losses[0.005] < result.losses[1e-7] < result.losses[1e4] == float("inf")

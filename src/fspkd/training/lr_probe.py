@@ -5,7 +5,8 @@ full stage 1) and is worth less than fast task learning when it taught little (a
 no one rate serves both (docs/findings.md). So each candidate rate (``task_lr_candidates``) trains a copy of the
 stage-1 student for a few steps, the last quarter at a tenth of the rate as the task schedule ends, so that a high
 rate's noise does not hide its progress. The rate whose copy has the lowest cross-entropy on training images the
-probe never trains on wins (ties: the lower rate).
+probe never trains on wins (ties: the lower rate). The probe is meant to start from stage-1 weights, whose
+BatchNorm running statistics stage 1 has set.
 
 The probe is deterministic for a seed and identical on every rank (each runs it alone, on the whole batch, with
 no communication), costs at most ``PROBE_SHARE`` of the run's steps, and leaves the student, the RNG and every
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from fspkd.data import BatchLoader
+from fspkd.methods.base import eval_mode
 from fspkd.training.build import Run
 from fspkd.training.step import make_optimizer
 
@@ -103,14 +105,16 @@ def _try_rate(run: Run, lr: float, steps: int, train_set, held_out) -> float:
 
 @torch.no_grad()
 def _held_out_loss(run: Run, held_out) -> float:
-    """Mean cross-entropy on ``held_out``, with BatchNorm on batch statistics: after a few steps the running
-    statistics still mostly hold the start's, and scoring them would judge the start, not the rate (the running
-    statistics this updates are restored with the weights)."""
+    """Mean cross-entropy on ``held_out``, in eval mode as the network is scored. BatchNorm's running statistics
+    then still mostly hold stage 1's, so a rate that moves the weights far from stage 1 in a few steps scores
+    worse: the probe penalises undoing stage 1, which is what a high rate does to a student that learned much
+    (docs/findings.md measures this choice against scoring on batch statistics)."""
     config, total = run.config, 0.0
     batches = BatchLoader(held_out.images, held_out.labels, config.eval_batch_size, mean=run.mean, std=run.std,
                           train=False, augment=False, channels_last=config.channels_last)
-    for images, labels in batches:
-        logits = run.student(images.to(run.ctx.device)).float()
-        total += float(F.cross_entropy(logits, labels.to(run.ctx.device), reduction="sum"))
+    with eval_mode(run.student):
+        for images, labels in batches:
+            logits = run.student(images.to(run.ctx.device)).float()
+            total += float(F.cross_entropy(logits, labels.to(run.ctx.device), reduction="sum"))
     loss = total / len(held_out)
     return loss if math.isfinite(loss) else math.inf
