@@ -247,7 +247,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         named = {name.replace("-", "_"): flags[dest] for name in SCHEDULE_FLAGS
                  if (dest := f"{prefix}{name}".replace("-", "_")) in flags}
         if named:
-            name_schedule_fields(given, stage, named)
+            name_schedule_fields(given, stage, named, where=str(source or "configuration"))
     if args.handler is _train:
         given.update(method="plain")
         given.pop("stage1", None)  # a config file shared with a distillation run
@@ -266,6 +266,10 @@ def _parse_pairs(text: str) -> list[list[str]]:
 
 
 def _merge_options(data: dict, key: str, items: list[str]) -> None:
+    if not items:
+        return  # a value from a config file is left to the settings' type check
+    if not isinstance(data.get(key) or {}, dict):
+        raise FspkdError(f"{key} must be a mapping of option names to values, got {data[key]!r}")
     options = dict(data.get(key) or {})
     for item in items:
         name, sep, value = item.partition("=")
@@ -325,7 +329,7 @@ def _eval(args) -> int:
 def _option_pairs(items):
     data: dict = {}
     _merge_options(data, "options", items)
-    return data["options"].items()
+    return data.get("options", {}).items()
 
 
 def _demo(args) -> int:
@@ -351,6 +355,9 @@ def _bench(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise FspkdError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    from fspkd.training.distributed import resolve_device
+
+    resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,

@@ -66,6 +66,11 @@ def _train(config, out: Path, resume: bool, progress: bool, ctx) -> dict:
         return json.loads((out / "summary.json").read_text())
     try:
         run = build_run(config, ctx)  # reads data and checkpoints: bad input stops here
+        try:  # the training batches too (build_run tries evaluation batches): a batch larger than the data
+            run.loader(seed=config.seed)
+        except BaseException:
+            run.method.close()
+            raise
     except BaseException:
         if claim is not None:
             _release(out, claim, ctx)
