@@ -80,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         if _is_rank_zero():  # under torchrun every rank fails alike: one message
             print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file-system fault that no check caught (a folder made read-only mid-run, ...)
+        if _is_rank_zero():
+            print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("fspkd: interrupted; continue with --resume", file=sys.stderr)
         return 130
