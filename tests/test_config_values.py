@@ -39,6 +39,9 @@ def fails_in_one_line(capsys, argv: list[str], pattern: str) -> str:
     ("seed: abc", r"run\.yaml: seed must be an integer, got 'abc'"),
     ("eval_every: 2.5", r"run\.yaml: eval_every must be an integer, got 2\.5"),
     ("val_split: x", r"run\.yaml: val_split must be a number, got 'x'"),
+    ("task: {lr: 1e-3}", r"run\.yaml, task: lr must be a number, got '1e-3' \(str\); YAML reads 1e-3 as text: "
+                         r"write 1\.0e-3"),
+    ("kd_alpha: '0.5'", r"run\.yaml: kd_alpha must be a number, got '0\.5' \(str\); write 0\.5 without quotes"),
     ("model_options: 3", r"run\.yaml: model_options must be a mapping of option names to values.*got 3 \(int\)"),
     ("task: 5", r"run\.yaml: task must be a mapping of schedule settings, got 5"),
     ("train: 5", r"unknown key 'train' in .*run\.yaml"),

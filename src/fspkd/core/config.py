@@ -241,7 +241,24 @@ def check_types(cls: type, data: dict[str, Any], where: str, *, prefix: str = ""
             continue
         if not _has_type(value, hint):
             words = TYPE_WORDS.get(key) or _describe(hint)
-            raise FspkdError(f"{where}: {prefix}{key} must be {words}, got {value!r} ({type(value).__name__})")
+            raise FspkdError(f"{where}: {prefix}{key} must be {words}, got {value!r} ({type(value).__name__})"
+                             f"{_yaml_number_hint(value, hint)}")
+
+
+def _yaml_number_hint(value, hint) -> str:
+    """PyYAML reads 1e-3 (no dot) as text: say so when a number was meant."""
+    if isinstance(value, str) and float in _options(hint):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        if "e" in value.lower():  # YAML 1.1 floats need a dot and a signed exponent
+            mantissa, _, exponent = value.lower().partition("e")
+            mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+            exponent = exponent if exponent[:1] in ("+", "-") else f"+{exponent}"
+            return f"; YAML reads {value} as text: write {mantissa}e{exponent}"
+        return f"; write {number!r} without quotes"
+    return ""
 
 
 def _options(hint) -> tuple:
