@@ -135,3 +135,8 @@ def test_a_dataclass_built_by_hand_is_checked_too():
 def test_every_range_names_a_field():
     assert set(RUN_RANGES) <= set(RunConfig.__dataclass_fields__)
     assert set(SCHEDULE_RANGES) <= set(Schedule.__dataclass_fields__)
+
+
+def test_bench_names_a_device_this_machine_lacks(capsys):
+    assert main(["bench", "--device", "foo", "--repeats", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "fspkd: error: --device 'foo' is not a device name; available here: cpu"

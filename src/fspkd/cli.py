@@ -76,12 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0
-    except FspkdError as err:
+    except (FspkdError, OSError) as err:  # OSError: a file-system fault no check caught (made read-only mid-run)
         if _is_rank_zero():  # under torchrun every rank fails alike: one message
-            print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a file-system fault that no check caught (a folder made read-only mid-run, ...)
-        if _is_rank_zero():
             print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -270,10 +266,8 @@ def _parse_pairs(text: str) -> list[list[str]]:
 
 
 def _merge_options(data: dict, key: str, items: list[str]) -> None:
-    if not items:
-        return  # a value from a config file is left to the settings' type check
-    if not isinstance(data.get(key) or {}, dict):
-        raise FspkdError(f"{key} must be a mapping of option names to values, got {data[key]!r}")
+    if not items or not isinstance(data.get(key) or {}, dict):
+        return  # a config file's value is left as it is: the settings' type check names it with its file
     options = dict(data.get(key) or {})
     for item in items:
         name, sep, value = item.partition("=")
@@ -359,9 +353,6 @@ def _bench(args) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise FspkdError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
-    from fspkd.training.distributed import resolve_device
-
-    resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
