@@ -172,7 +172,7 @@ def test_a_save_that_fails_midway_leaves_the_old_file_and_no_temp_file(tmp_path,
     save_checkpoint(path, {"step": 1})
 
     def torch_save_that_dies(obj, file):
-        Path(file).write_bytes(b"half a checkpoint")
+        file.write(b"half a checkpoint")
         raise pickle.PicklingError("disk full, say")
 
     monkeypatch.setattr(torch, "save", torch_save_that_dies)

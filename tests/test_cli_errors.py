@@ -129,8 +129,8 @@ def test_unknown_model_and_method_names_list_the_valid_ones(capsys, earlier, tmp
 @pytest.mark.parametrize("flags, pattern", [
     (["--iterations", "-3"], r"iterations must be at least 1, got -3"),
     (["--iterations", "0"], r"iterations must be at least 1, got 0"),
-    (["--lr", "0"], r"lr must be > 0, got 0"),
-    (["--lr", "-0.1"], r"lr must be > 0, got -0.1"),
+    (["--lr", "0"], r"lr must be a finite number > 0, got 0"),
+    (["--lr", "-0.1"], r"lr must be a finite number > 0, got -0.1"),
     (["--val-split", "1"], r"val_split must be in \[0, 1\), got 1"),
     (["--val-split", "1.5"], r"val_split must be in \[0, 1\), got 1.5"),
     (["--val-split", "-0.2"], r"val_split must be in \[0, 1\), got -0.2"),

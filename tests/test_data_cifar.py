@@ -142,3 +142,67 @@ def test_folder_without_cifar_layout(tmp_path):
     (tmp_path / "empty" / "notes.txt").write_text("hi")
     with pytest.raises(FspkdError, match="expected the official cifar10 python files"):
         load_dataset(f"cifar10:{tmp_path / 'empty'}", cache_dir=tmp_path / "cache")
+
+
+# -- issue 31, point 8: labels of another type, pickles written by Python 3 ------------------------------------
+def _rewrite(path, protocol: int, str_keys: bool = False, **changes) -> None:
+    """Re-pickle one of the fake CIFAR files as Python 3 would write it, with ``changes`` to its entries."""
+    import pickle
+
+    from fspkd.data.safe_pickle import load_pickle
+
+    content = {**load_pickle(path.read_bytes(), path), **{k.encode(): v for k, v in changes.items()}}
+    if str_keys:
+        content = {k.decode(): v for k, v in content.items()}
+    path.write_bytes(pickle.dumps(content, protocol=protocol))
+
+
+@pytest.mark.parametrize("labels, found", [(["3", "1", "4", "1"], r"found '3' \(str\) at position 0"),
+                                           ([1, 2, 1.5, 0], r"found 1.5 \(float\) at position 2"),
+                                           ([1, True, 0, 0], r"found True \(bool\) at position 1")])
+def test_labels_that_are_not_integers_are_refused(tmp_path, cifar10_folder, labels, found):
+    batch = cifar10_folder["folder"] / "data_batch_2"
+    _rewrite(batch, 3, labels=labels)
+    with pytest.raises(FspkdError, match=rf"data_batch_2: expected b'labels' as integer class indices, {found}"):
+        load_dataset(f"cifar10:{cifar10_folder['folder']}", cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("protocol, str_keys", [(2, False), (2, True), (5, False), (5, True), (4, True)])
+def test_pickles_written_by_python_3_load_as_the_official_ones(tmp_path, cifar10_folder, protocol, str_keys):
+    folder = cifar10_folder["folder"]
+    for path in folder.iterdir():
+        _rewrite(path, protocol, str_keys)
+    if protocol == 2:
+        assert b"_codecs\nencode" in (folder / "data_batch_1").read_bytes()
+    if protocol == 5:
+        assert b"_frombuffer" in (folder / "data_batch_1").read_bytes()
+    splits = load_dataset(f"cifar10:{folder}", cache_dir=tmp_path / "cache")
+    _assert_matches(splits.train, *cifar10_folder["train"])
+    _assert_matches(splits.test, *cifar10_folder["test"])
+    assert splits.classes == CIFAR10_CLASSES
+
+
+def test_only_the_globals_of_numpy_arrays_are_allowed(tmp_path):
+    import os
+    import pickle
+
+    from fspkd.data.safe_pickle import load_pickle
+
+    marker = tmp_path / "pwned"
+    with pytest.raises(FspkdError, match=r"refused to unpickle global posix.system|refused to unpickle global os"):
+        load_pickle(crafted_pickle(marker), "evil")
+    for protocol in (2, 5):
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        with pytest.raises(FspkdError, match="refused to unpickle global"):
+            load_pickle(pickle.dumps({"data": Exploit()}, protocol=protocol), "evil")
+    # _codecs.encode is allowed for protocol 2's latin-1 bytes only: another codec is not even looked up
+    other_codec = b"\x80\x02c_codecs\nencode\nq\x00X\x01\x00\x00\x00xq\x01X\x05\x00\x00\x00rot13q\x02\x86q\x03Rq\x04."
+    with pytest.raises(FspkdError, match=r"refused to unpickle global _codecs.encode with codec 'rot13'"):
+        load_pickle(other_codec, "evil")
+    for module, name in (("builtins", "eval"), ("numpy", "load"), ("numpy.core.numeric", "frombuffer"),
+                         ("numpy.lib.npyio", "load"), ("codecs", "encode")):
+        with pytest.raises(FspkdError, match=rf"refused to unpickle global {module}.{name}"):
+            load_pickle(f"c{module}\n{name}\n.".encode(), "evil")
+    assert not marker.exists()

@@ -18,7 +18,14 @@ from datafakes import write_image_folder
 from fspkd.cli import main
 from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
-from fspkd.experiments.paper_tables import list_tables, load_table, parse_table, scale_config
+from fspkd.experiments.paper_tables import (
+    SCALED_EVALUATIONS,
+    evaluations_per_stage,
+    list_tables,
+    load_table,
+    parse_table,
+    scale_config,
+)
 from fspkd.experiments.reproduce import held_out_split
 from fspkd.models import create
 from fspkd.training.inference import evaluate_checkpoints
@@ -218,9 +225,24 @@ def test_scale_multiplies_iterations_milestones_and_eval_interval():
     config = load_table("fast-cifar10").runs["student"]
     small = scale_config(config, 0.01)
     assert (small.stage1.iterations, small.stage1.milestones) == (210, [110, 160])
-    assert (small.task.iterations, small.eval_every) == (210, round(config.eval_every * 0.01))
+    assert small.task.iterations == 210
+    assert small.eval_every == 42  # 210 / SCALED_EVALUATIONS: not the proportional 20 (see the test below)
+    assert scale_config(config, 1).eval_every == config.eval_every == 2000  # the paper's as it is
+    assert scale_config(config, 2).eval_every == 4000
     with pytest.raises(FspkdError, match="--scale"):
         scale_config(config, 0)
+
+
+@pytest.mark.parametrize("scale", [0.0005, 0.002, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("experiment", ["small-cifar10", "fast-cifar10", "small-cifar100", "transfer"])
+def test_a_scaled_down_run_evaluates_a_bounded_number_of_times(experiment, scale):
+    """Issue 31, point 9: at --scale 0.002 the interval fell to 4 iterations, each evaluation over the whole test
+    set, and small-cifar10 spent most of its time evaluating."""
+    for name, config in load_table(experiment).runs.items():
+        scaled = scale_config(config, scale)
+        counts = evaluations_per_stage(scaled)
+        assert max(counts.values()) <= SCALED_EVALUATIONS, (name, scaled.eval_every, counts)
+        assert scaled.eval_every >= round(config.eval_every * scale)  # never more often than in proportion
 
 
 def test_paper_table_errors_name_the_problem():

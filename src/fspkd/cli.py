@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args) or 0
-    except FspkdError as err:
+    except (FspkdError, OSError) as err:  # OSError: a file-system fault no check caught (made read-only mid-run)
         if _is_rank_zero():  # under torchrun every rank fails alike: one message
             print(f"fspkd: error: {one_line(str(err))}", file=sys.stderr)
         return 2
@@ -251,7 +251,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         named = {name.replace("-", "_"): flags[dest] for name in SCHEDULE_FLAGS
                  if (dest := f"{prefix}{name}".replace("-", "_")) in flags}
         if named:
-            name_schedule_fields(given, stage, named)
+            name_schedule_fields(given, stage, named, where=str(source or "configuration"))
     if args.handler is _train:
         given.update(method="plain")
         given.pop("stage1", None)  # a config file shared with a distillation run
@@ -270,6 +270,8 @@ def _parse_pairs(text: str) -> list[list[str]]:
 
 
 def _merge_options(data: dict, key: str, items: list[str]) -> None:
+    if not items or not isinstance(data.get(key) or {}, dict):
+        return  # a config file's value is left as it is: the settings' type check names it with its file
     options = dict(data.get(key) or {})
     for item in items:
         name, sep, value = item.partition("=")
@@ -329,7 +331,7 @@ def _eval(args) -> int:
 def _option_pairs(items):
     data: dict = {}
     _merge_options(data, "options", items)
-    return data["options"].items()
+    return data.get("options", {}).items()
 
 
 def _demo(args) -> int:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fspkd.core.atomic import atomic_write
+from fspkd.core.atomic import atomic_write, remove_stale_temporaries
 from fspkd.core.errors import FspkdError
 from fspkd.data.augment import FixedViews
 from fspkd.data.cache import default_cache_dir
@@ -113,6 +113,8 @@ def store_key(teacher: torch.nn.Module, pairs, loader, views: FixedViews, dtype:
 def open_or_build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, dtype: str) -> FspStore:
     """The store at ``stem``; built by one process (rank 0) while the others wait at a barrier."""
     main = not dist.is_initialized() or dist.get_rank() == 0
+    if main:
+        remove_stale_temporaries(stem.parent)  # a store torn by a process killed mid-build
     if main and not stem.with_suffix(".npy").is_file():
         build(stem, teacher_fn, loader, views, pairs, dtype)
     if dist.is_initialized():

@@ -110,7 +110,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` atomically with ``torch.save``; it must hold only what ``weights_only=True`` reads back
     (tensors, dicts, lists, tuples, numbers, strings, None), else FspkdError and nothing is written."""
     _check_weights_only(payload, "payload")
-    atomic_write(path, lambda tmp: torch.save(payload, tmp), "the checkpoint")
+    atomic_write(path, lambda tmp: _torch_save(payload, tmp), "the checkpoint")
+
+
+def _torch_save(payload: dict, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a failed write (a full disk) surfaces as the OSError behind
+    torch's RuntimeError ("unexpected pos ...") and ``atomic_write`` can name it."""
+    with open(path, "wb") as file:
+        torch.save(payload, file)
 
 
 def save_weights_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,7 @@ class Schedule:
     def from_dict(cls, data: dict[str, Any], where: str = "schedule", base: "Schedule | None" = None) -> "Schedule":
         """``base`` (default: the field defaults) with the fields named in ``data``; unknown keys refused."""
         _refuse_unknown(data, cls, where)
+        check_types(cls, data, where)
         return dataclasses.replace(base or cls(), **data)
 
     def scaled(self, factor: float) -> "Schedule":
@@ -120,6 +124,9 @@ class RunConfig:
         return self.seed if self.split_seed is None else self.split_seed
 
     def validate(self) -> "RunConfig":
+        """Every value's type (from the field types) and range, then the settings that depend on each other."""
+        check_types(RunConfig, self.to_dict(), "configuration", schedules_as_mappings=True)
+        _check_ranges(self, RUN_RANGES, "")
         if self.method not in METHODS:
             raise FspkdError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
         if self.method in TWO_STAGE_METHODS and self.stage1 is None:
@@ -132,11 +139,13 @@ class RunConfig:
                 _validate_schedule(name, schedule)
         if self.task_lr_candidates:
             _validate_candidates(self.method, self.task_lr_candidates)
-        if not 0.0 <= self.val_split < 1.0:
-            raise FspkdError(f"val_split must be in [0, 1), got {self.val_split}")
-        for key in ("batch_size", "eval_every", "eval_batch_size", "students", "micro_batches"):
-            if getattr(self, key) < 1:
-                raise FspkdError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        for key in ("fsp_pairs", "teacher_fsp_pairs"):
+            pairs = getattr(self, key)
+            if pairs is not None and (not pairs or any(len(pair) != 2 or not all(pair) for pair in pairs)):
+                raise FspkdError(f"{key} must be a non-empty list of [first tap, second tap] pairs of module names, "
+                                 f"got {pairs!r}")
+        if len(self.fitnet_kd_weight) != 2:
+            raise FspkdError(f"fitnet_kd_weight must be two weights [from, to], got {self.fitnet_kd_weight!r}")
         if self.batch_size % self.micro_batches:
             raise FspkdError(f"batch_size {self.batch_size} must divide evenly into micro_batches {self.micro_batches}")
         if self.fsp_first not in ("before", "after"):
@@ -161,6 +170,7 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], where: str = "configuration") -> "RunConfig":
         data = dict(data)
         _refuse_unknown(data, cls, where)
+        check_types(cls, data, where, schedules_as_mappings=True)
         for name in ("stage1", "task"):
             if isinstance(data.get(name), dict):
                 data[name] = Schedule.from_dict(data[name], where=f"{where}, {name}")
@@ -168,16 +178,147 @@ class RunConfig:
 
 
 def _validate_schedule(name: str, schedule: Schedule) -> None:
-    if schedule.iterations < 1:
-        raise FspkdError(f"{name}.iterations must be at least 1, got {schedule.iterations}")
-    if not schedule.lr > 0:
-        raise FspkdError(f"{name}.lr must be > 0, got {schedule.lr}")
+    _check_ranges(schedule, SCHEDULE_RANGES, f"{name}.")
     if any(m < 0 for m in schedule.milestones):
         raise FspkdError(f"{name}.milestones must be non-negative iterations, got {schedule.milestones}")
     if schedule.optimizer not in ("sgd", "adam"):
         raise FspkdError(f"{name}.optimizer must be 'sgd' or 'adam', got {schedule.optimizer!r}")
-    if schedule.weight_decay < 0 or schedule.warmup < 0 or schedule.clip_grad < 0:
-        raise FspkdError(f"{name}: weight_decay, warmup and clip_grad must be >= 0")
+
+
+# -- types and ranges ---------------------------------------------------------------------------------------------
+# Each value's type is read off its dataclass field type; these say the same in words where the field type alone
+# would not tell a user what to write.
+TYPE_WORDS = {
+    "augment": "true, false or null (null: the data set's default)",
+    "fsp_pairs": "a list of [first tap, second tap] pairs such as [[layer1, layer2]] (the flag --fsp-pairs takes "
+                 "'layer1>layer2')",
+    "teacher_fsp_pairs": "a list of [first tap, second tap] pairs such as [[layer1, layer2]]",
+    "model_options": "a mapping of option names to values, such as {width: 4}",
+    "teacher_options": "a mapping of option names to values, such as {width: 4}",
+}
+_NOUNS = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings"), Any: ("any value", "values")}
+
+
+def _finite(low: float, *, strict: bool) -> tuple:
+    words = f"a finite number {'>' if strict else '>='} {low:g}"
+    return (lambda v: math.isfinite(v) and (v > low if strict else v >= low)), words
+
+
+_POSITIVE_INT = (lambda v: v >= 1), "a positive integer"
+_SEED = (lambda v: 0 <= v < 2**63), "an integer in [0, 2**63)"
+# key -> (test, allowed range in words); None values (the optional keys' defaults) are not tested
+RUN_RANGES = {
+    "val_split": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+    "image_size": _POSITIVE_INT,
+    **dict.fromkeys(("batch_size", "eval_every", "eval_batch_size", "students", "micro_batches",
+                     "stored_fsp_views"), _POSITIVE_INT),
+    **dict.fromkeys(("seed", "split_seed", "shuffle_seed"), _SEED),
+    "fsp_lambda": _finite(0, strict=True),
+    "kd_temperature": _finite(0, strict=True),
+    "fitnet_temperature": _finite(0, strict=True),
+    "kd_alpha": ((lambda v: 0.0 <= v <= 1.0), "in [0, 1] (the weight of the soft term)"),
+    "fitnet_kd_weight": ((lambda v: all(math.isfinite(w) and w >= 0 for w in v)), "finite weights >= 0"),
+}
+SCHEDULE_RANGES = {
+    "iterations": ((lambda v: v >= 1), "at least 1"),
+    "lr": _finite(0, strict=True),
+    "gamma": _finite(0, strict=True),
+    "momentum": ((lambda v: 0.0 <= v < 1.0), "in [0, 1)"),
+    "weight_decay": _finite(0, strict=False),
+    "warmup": ((lambda v: v >= 0), "an integer >= 0"),
+    "clip_grad": ((lambda v: math.isfinite(v) and v >= 0), "a finite number >= 0 (0 = no clipping)"),
+}
+
+
+def check_types(cls: type, data: dict[str, Any], where: str, *, prefix: str = "",
+                schedules_as_mappings: bool = False) -> None:
+    """Each of ``data``'s values of a field of dataclass ``cls`` has the field's type, else FspkdError naming
+    ``where``, the key, the value and the type expected. An int passes for a float; a bool never passes for a
+    number. With ``schedules_as_mappings`` a Schedule field may also hold a mapping (checked as a Schedule)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in data.items():
+        if key not in hints:
+            continue  # unknown keys are _refuse_unknown's
+        hint = hints[key]
+        if schedules_as_mappings and isinstance(value, dict) and Schedule in _options(hint):
+            check_types(Schedule, value, where, prefix=f"{prefix}{key}.")
+            continue
+        if not _has_type(value, hint):
+            words = TYPE_WORDS.get(key) or _describe(hint)
+            raise FspkdError(f"{where}: {prefix}{key} must be {words}, got {value!r} ({type(value).__name__})"
+                             f"{_yaml_number_hint(value, hint)}")
+
+
+def _yaml_number_hint(value, hint) -> str:
+    """PyYAML reads 1e-3 (no dot) as text: say so when a number was meant."""
+    if isinstance(value, str) and float in _options(hint):
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        if "e" in value.lower():  # YAML 1.1 floats need a dot and a signed exponent
+            mantissa, _, exponent = value.lower().partition("e")
+            mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+            exponent = exponent if exponent[:1] in ("+", "-") else f"+{exponent}"
+            return f"; YAML reads {value} as text: write {mantissa}e{exponent}"
+        return f"; write {number!r} without quotes"
+    return ""
+
+
+def _options(hint) -> tuple:
+    """The types a Union (``X | None``) allows, or the hint itself."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _has_type(value, hint) -> bool:
+    if hint is Any:
+        return True
+    options = _options(hint)
+    if len(options) > 1:
+        return any(_has_type(value, option) for option in options)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                               for k, v in value.items())
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint)
+    raise TypeError(f"no type check for {hint!r}")  # a new field type: teach _has_type and _describe
+
+
+def _describe(hint, plural: bool = False) -> str:
+    options = [o for o in _options(hint) if o is not type(None)]
+    if len(options) < len(_options(hint)):
+        return f"{_describe(options[0], plural)} or null"
+    if hint in _NOUNS:
+        return _NOUNS[hint][plural]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return f"{'lists' if plural else 'a list'} of {_describe(args[0], plural=True)}"
+    if origin is dict:
+        return "mappings" if plural else "a mapping"
+    return f"{hint.__name__} settings" if plural else f"a mapping of {hint.__name__} settings"
+
+
+def _check_ranges(values, ranges: dict, prefix: str) -> None:
+    for key, (test, words) in ranges.items():
+        value = getattr(values, key)
+        if value is not None and not test(value):
+            raise FspkdError(f"{prefix}{key} must be {words}, got {value!r}")
 
 
 def _refuse_unknown(data: dict[str, Any], cls: type, where: str) -> None:
@@ -218,6 +359,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _validate_candidates(method: str, candidates: list[float]) -> None:
     if method not in TWO_STAGE_METHODS:
         raise FspkdError(f"task_lr_candidates: method {method!r} has no stage 1 to probe from; name task.lr instead")
-    bad = [c for c in candidates if isinstance(c, bool) or not isinstance(c, (int, float)) or not c > 0]
+    bad = [c for c in candidates if not (math.isfinite(c) and c > 0)]  # their type is checked before
     if bad:
-        raise FspkdError(f"task_lr_candidates must be learning rates > 0, got {bad[0]!r}")
+        raise FspkdError(f"task_lr_candidates must be finite learning rates > 0, got {bad[0]!r}")

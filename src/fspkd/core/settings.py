@@ -21,7 +21,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from fspkd.core.config import RunConfig, Schedule
+from fspkd.core.config import RunConfig, Schedule, check_types
 from fspkd.core.errors import FspkdError
 
 DEFAULT_FSP_RECIPE = "fast"
@@ -62,6 +62,9 @@ def resolve_config(given: Mapping[str, Any] | None = None, where: str = "configu
     given = copy.deepcopy({**(given or {}), **named})
     recipe = given.pop("fsp_recipe", None)
     method = given.get("method", RunConfig.method)
+    check_types(RunConfig, {"method": method}, where)  # read before the rest is checked
+    if recipe is not None and not isinstance(recipe, str):
+        raise FspkdError(f"{where}: fsp_recipe must be a recipe name ({', '.join(FSP_RECIPES)}), got {recipe!r}")
     for stage in ("task", "stage1"):
         if isinstance(given.get(stage), Schedule):
             given[stage] = dataclasses.asdict(given[stage])
@@ -79,10 +82,13 @@ def resolve_config(given: Mapping[str, Any] | None = None, where: str = "configu
     return config.validate()
 
 
-def name_schedule_fields(given: dict[str, Any], stage: str, fields: Mapping[str, Any]) -> None:
+def name_schedule_fields(given: dict[str, Any], stage: str, fields: Mapping[str, Any],
+                         where: str = "configuration") -> None:
     """Name ``fields`` of ``stage``'s schedule in ``given``, over those named before. A new length without
     milestones drops the old milestones, so that the stage takes the paper's shape again."""
     current = given.get(stage) or {}
+    if not isinstance(current, (Schedule, Mapping)):
+        raise FspkdError(f"{where}: {stage} must be a mapping of schedule settings, got {current!r}")
     schedule = dataclasses.asdict(current) if isinstance(current, Schedule) else dict(current)
     if "iterations" in fields and "milestones" not in fields:
         schedule.pop("milestones", None)

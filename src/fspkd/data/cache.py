@@ -4,7 +4,9 @@ An entry is `<kind>-<key>.safetensors` (the tensors) plus `<kind>-<key>.json` (c
 exist). The key hashes the source's resolved path, its size and modification time (for a folder: those of
 every file in it), the kind, the image size and FORMAT_VERSION, so editing the source or changing the
 decoding invalidates the entry. Both files are written atomically (temporary file + os.replace), the
-tensors last, so a crash never leaves an entry that looks complete.
+tensors last, so a crash never leaves an entry that looks complete; temporary files of a writer killed mid-write
+are removed at the next start. The cache only saves time: an entry that cannot be stored (a full disk, a
+read-only folder) is a warning, and the run goes on with the data in memory.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Callable
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fspkd.core.atomic import atomic_write
+from fspkd.core.atomic import atomic_write, remove_stale_temporaries, write_failure
 from fspkd.core.errors import FspkdError
 from fspkd.data.filetree import walk_folder
 from fspkd.data.sets import DecodedDataset, ImageSet
@@ -61,10 +64,21 @@ def cached_decode(source: Path, kind: str, image_size: int, cache_dir: str | Pat
     """Load the decoded data set for (source, kind, image_size) from the cache, or `decode()` and store it."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     stem = folder / f"{kind}-{cache_key(source, kind, image_size)}"
+    remove_stale_temporaries(folder)  # entries torn by a process killed mid-write
     decoded = _load_entry(stem)
     if decoded is None:
         decoded = decode()
-        _store_entry(stem, decoded)
+        try:
+            _store_entry(stem, decoded)
+        except (FspkdError, OSError, RuntimeError, SafetensorError) as err:  # the cache only saves time
+            for path in (stem.with_suffix(".json"), stem.with_suffix(".safetensors")):
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            reason = " ".join(str(err).split()) if isinstance(err, FspkdError) else write_failure(err, folder)
+            print(f"fspkd: warning: the decoded data is not cached ({reason}); this run goes on from memory, "
+                  "the next one decodes again (FSPKD_CACHE names another cache folder)", file=sys.stderr)
     return decoded
 
 

@@ -62,7 +62,8 @@ def _load_dict(tree: FileTree, name: str) -> dict:
     content = load_pickle(tree.read(name), tree.describe(name))
     if not isinstance(content, dict):
         raise FspkdError(f"{tree.describe(name)}: expected a pickled dict, got {type(content).__name__}")
-    return content
+    # keys as the official (Python 2) files have them, b'data'; a file written by Python 3 may have 'data'
+    return {key.encode() if isinstance(key, str) else key: value for key, value in content.items()}
 
 
 def _class_names(tree: FileTree, name: str, meta: dict, key: bytes) -> list[str]:
@@ -81,6 +82,10 @@ def _read_batch(tree: FileTree, name: str, label_key: bytes, num_classes: int) -
         raise FspkdError(f"{where}: expected b'data' as a uint8 array of shape (N, 3072)")
     if not isinstance(labels, list) or len(labels) != data.shape[0]:
         raise FspkdError(f"{where}: expected {label_key!r} as a list of {data.shape[0]} labels")
+    for index, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise FspkdError(f"{where}: expected {label_key!r} as integer class indices, found {label!r} "
+                             f"({type(label).__name__}) at position {index}")
     label_tensor = torch.tensor(labels, dtype=torch.int64)
     if len(labels) and (label_tensor.min() < 0 or label_tensor.max() >= num_classes):
         raise FspkdError(f"{where}: labels must lie in [0, {num_classes - 1}]")

@@ -35,6 +35,7 @@ from fspkd.data import BatchLoader
 from fspkd.methods.base import Method
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
+from fspkd.training.distributed import resolve_device
 
 DEFAULT_PAIRS = (("resnet26", "resnet26"), ("resnet56", "resnet20"))
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -49,6 +50,7 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
     """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios.
     ``fsp_first`` picks the FSP taps: sections start before their down-sampling block (the paper's; two of three
     pairs max-pool) or after it (the fast recipe's; no pooling, larger matrix products)."""
+    target = resolve_device(device)  # a device this machine lacks: one line naming those it has
     torch.manual_seed(0)
     images = torch.randint(0, 256, (BATCHES * batch_size, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(len(images)) % 10
@@ -61,7 +63,7 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
         log(f"timing {teacher_name} -> {student_name} ...")
         pair = bench_pair(teacher_name, student_name, images, labels, batch_size=batch_size, repeats=repeats,
                           steps=steps, channels_last=channels_last, compile_teacher=compile_teacher,
-                          device=torch.device(device), thread_counts=thread_counts, fsp_first=fsp_first)
+                          device=target, thread_counts=thread_counts, fsp_first=fsp_first)
         data_ms = results["data"]["ms"]["batch_loader"]
         pair["ratios"].update(
             data_speedup_over_per_image=results["data"]["ms"]["per_image_pil"] / data_ms,

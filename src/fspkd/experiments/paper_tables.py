@@ -9,6 +9,7 @@ weights with a freshly initialised classifier for this data (fine-tuning a teach
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -21,6 +22,7 @@ from fspkd.core.settings import resolve_config
 
 EXTERNAL_TEACHER = "@teacher"
 LAYOUTS = ("three", "single")  # three nets per row (Tables 1-2) or one (Tables 3-5)
+SCALED_EVALUATIONS = 5  # evaluations per stage at most, of a run scaled down with --scale
 PAPER_KEYS = {"three": ("nets", "avg", "ensemble", "iterations"), "single": ("acc",)}
 
 
@@ -104,15 +106,27 @@ def _check_references(table: PaperTable, where: str) -> None:
 
 
 def scale_config(config: RunConfig, scale: float) -> RunConfig:
-    """``config`` with every iteration count, milestone and ``eval_every`` multiplied by ``scale``."""
-    if not scale > 0:
-        raise FspkdError(f"--scale must be > 0, got {scale}")
-    return dataclasses.replace(
-        config,
-        task=config.task.scaled(scale),
-        stage1=config.stage1.scaled(scale) if config.stage1 is not None else None,
-        eval_every=max(1, round(config.eval_every * scale)),
-    )
+    """``config`` with every iteration count, milestone and ``eval_every`` multiplied by ``scale``.
+
+    A scaled-down run evaluates at most ``SCALED_EVALUATIONS`` times per stage: the interval is not scaled below
+    the longest stage / ``SCALED_EVALUATIONS``. (Scaled in proportion, ``--scale 0.002`` evaluated every 4
+    iterations, each time over the whole test set, and spent most of its time evaluating.)"""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise FspkdError(f"--scale must be a finite number > 0, got {scale}")
+    task = config.task.scaled(scale)
+    stage1 = config.stage1.scaled(scale) if config.stage1 is not None else None
+    eval_every = max(1, round(config.eval_every * scale))
+    if scale < 1:
+        longest = max(stage.iterations for stage in (task, stage1) if stage is not None)
+        eval_every = max(eval_every, math.ceil(longest / SCALED_EVALUATIONS))
+    return dataclasses.replace(config, task=task, stage1=stage1, eval_every=eval_every)
+
+
+def evaluations_per_stage(config: RunConfig) -> dict[str, int]:
+    """How many times each stage of ``config`` is evaluated (and checkpointed): every ``eval_every`` iterations
+    and at its end, as ``fspkd.training.walk`` does."""
+    stages = {"task": config.task, "stage1": config.stage1}
+    return {name: math.ceil(stage.iterations / config.eval_every) for name, stage in stages.items() if stage}
 
 
 def apply_overrides(config: RunConfig, settings: dict[str, Any], models: dict[str, str]) -> RunConfig:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fspkd.core.errors import FspkdError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -32,13 +34,45 @@ def setup(device: str | None = None) -> Context:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Context(rank, world_size, device, owns_group)
+
+
+def available_devices() -> list[str]:
+    """The devices this machine can run on, as --device takes them."""
+    names = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(text: str, local_rank: int = 0) -> torch.device:
+    """The device ``text`` names ('cpu', 'cuda' = this process's GPU, 'cuda:1', ...), if this machine has it; else
+    FspkdError naming what is available."""
+    available = ", ".join(available_devices())
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise FspkdError(f"--device {text!r} is not a device name; available here: {available}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            built = "torch built without CUDA" if torch.version.cuda is None else "no CUDA GPU found"
+            raise FspkdError(f"--device {text}: CUDA is not available on this machine ({built}); "
+                             f"available here: {available}")
+        index = local_rank if device.index is None else device.index
+        if index >= count:
+            raise FspkdError(f"--device {text}: this machine has {count} CUDA device(s); available here: {available}")
+        return torch.device("cuda", index)
+    if device.type != "cpu" and f"{device.type}" not in available and str(device) not in available:
+        raise FspkdError(f"--device {text}: no {device.type} device on this machine; available here: {available}")
+    return device
 
 
 def teardown(ctx: Context, wait: bool = True) -> None:

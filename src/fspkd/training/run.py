@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from fspkd.core.atomic import write_text_atomic
+from fspkd.core.atomic import remove_stale_temporaries, write_failure, write_text_atomic
 from fspkd.core.config import RunConfig, load_yaml
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
@@ -66,13 +66,22 @@ def _train(config, out: Path, resume: bool, progress: bool, ctx) -> dict:
         return json.loads((out / "summary.json").read_text())
     try:
         run = build_run(config, ctx)  # reads data and checkpoints: bad input stops here
+        try:  # the training batches too (build_run tries evaluation batches): a batch larger than the data
+            run.loader(seed=config.seed)
+        except BaseException:
+            run.method.close()
+            raise
     except BaseException:
         if claim is not None:
             _release(out, claim, ctx)
         raise
     try:
         if claim is not None:
-            _start(config, out, ctx)
+            try:
+                _start(config, out, ctx)
+            except BaseException:  # config.yaml could not be written (a read-only or full disk)
+                _release(out, claim, ctx)
+                raise
         return walk(run, Records(run, out), resume and (out / "checkpoints" / "last.pt").exists(), progress)
     finally:
         run.method.close()
@@ -108,8 +117,12 @@ def _claim(config: RunConfig | None, out: Path, resume: bool, ctx) -> tuple[RunC
 
 
 def _release(out: Path, created: bool, ctx) -> None:
-    """Undo ``_claim``: the claim file goes, and the folder too if the claim created it."""
+    """Undo ``_claim`` (and ``_start``): the claim file and an empty checkpoints folder go, and the folder too if
+    the claim created it."""
     if ctx.is_main:
+        checkpoints = out / "checkpoints"
+        if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+            checkpoints.rmdir()
         (out / CLAIM).unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
@@ -118,7 +131,7 @@ def _release(out: Path, created: bool, ctx) -> None:
 def _start(config: RunConfig, out: Path, ctx) -> None:
     """``out/config.yaml`` (written whole or not at all) and ``out/checkpoints``; the claim is done with."""
     if ctx.is_main:
-        (out / "checkpoints").mkdir(exist_ok=True)
+        _make_checkpoints_folder(out)
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False), "the run settings")
         (out / CLAIM).unlink()
     distributed.barrier(ctx)
@@ -137,5 +150,15 @@ def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunCon
                 f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
                 "resume with the same settings, or with none (the saved config.yaml is used)"
             )
-    (out / "checkpoints").mkdir(exist_ok=True)
+    _make_checkpoints_folder(out)
+    for folder in (out, out / "checkpoints"):  # files torn by a kill -9 mid-write; a live writer's stay
+        remove_stale_temporaries(folder)
     return stored
+
+
+def _make_checkpoints_folder(out: Path) -> None:
+    try:
+        (out / "checkpoints").mkdir(exist_ok=True)
+    except OSError as err:
+        raise FspkdError(f"{out / 'checkpoints'}: cannot create the checkpoints folder "
+                         f"({write_failure(err, out)})") from None

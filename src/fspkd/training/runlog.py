@@ -10,6 +10,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fspkd.core.atomic import atomic_write, write_failure
+from fspkd.core.errors import FspkdError
+
 METRIC_COLUMNS = [
     "student", "stage", "iteration", "wall_s", "lr", "loss",
     "task_loss", "fsp_loss", "kd_loss", "hint_loss", "grad_norm", "train_acc", "val_acc", "test_acc",
@@ -30,21 +33,29 @@ class MetricsFile:
             return
         with self.path.open(newline="") as f:
             rows = [row for row in csv.DictReader(f) if None not in row.values() and keep(row)]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self._header())
-            writer.writeheader()
-            writer.writerows(rows)
-        tmp.replace(self.path)
+        header = self._header()
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write, "the training metrics")
 
     def append(self, row: dict) -> None:
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        with self.path.open("a", newline="") as f:
-            # a file written by an older version keeps its own columns (a resumed run stays one table)
-            writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS if new else self._header(), extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: _fmt(v) for k, v in row.items()})
+        try:
+            new = not self.path.exists() or self.path.stat().st_size == 0
+            with self.path.open("a", newline="") as f:
+                # a file written by an older version keeps its own columns (a resumed run stays one table)
+                writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS if new else self._header(),
+                                        extrasaction="ignore")
+                if new:
+                    writer.writeheader()
+                writer.writerow({k: _fmt(v) for k, v in row.items()})
+        except OSError as err:
+            raise FspkdError(f"{self.path}: cannot write the training metrics "
+                             f"({write_failure(err, self.path.parent)})") from None
 
     def _header(self) -> list[str]:
         with self.path.open(newline="") as f:
