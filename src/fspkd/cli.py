@@ -42,11 +42,6 @@ SCHEDULE_FLAGS = {
 }
 
 
-def learning_rates(text: str) -> list[float]:
-    """'0.005,0.02,0.1' as a list of rates; 'none' as no rates."""
-    return [] if text == "none" else [float(v) for v in text.split(",") if v]
-
-
 DISTILL_FLAGS = {
     "--method": ("method", str, "fsp (default) | kd | fitnet | copy"),
     "--teacher": ("teacher", str, "teacher checkpoint: one of our run folders / .pt files, or a foreign state dict"),
@@ -58,7 +53,8 @@ DISTILL_FLAGS = {
                    "when a network has one-block sections, as ResNet-8)"),
     "--fsp-normalize": ("fsp_normalize", str, "none (the paper's raw matrices) | frobenius (unit-norm matrices "
                         "per sample); default: the recipe's"),
-    "--task-lr-candidates": ("task_lr_candidates", learning_rates,
+    "--task-lr-candidates": ("task_lr_candidates",
+                             lambda s: [] if s == "none" else [float(v) for v in s.split(",") if v],
                              "task-stage lrs probed from the stage-1 weights, e.g. 0.005,0.02,0.1 ('none': "
                              "--task-lr as given); default: the recipe's (fast: probe, paper: none)"),
     "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
