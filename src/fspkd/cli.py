@@ -56,6 +56,10 @@ DISTILL_FLAGS = {
                    "when a network has one-block sections, as ResNet-8)"),
     "--fsp-normalize": ("fsp_normalize", str, "none (the paper's raw matrices) | frobenius (unit-norm matrices "
                         "per sample); default: the recipe's"),
+    "--fsp-connector": ("fsp_connector", str, "learned adapters where the student's FSP taps are narrower or wider "
+                        "than the teacher's: auto (default: the measured best design, docs/connectors.md) | "
+                        "conv1x1 (1x1 conv + BN on the student's maps) | linear (learned maps on both sides of "
+                        "its FSP matrices) | none (widths must match); equal widths never get one"),
     "--task-lr-candidates": ("task_lr_candidates", learning_rates,
                              "task-stage lrs probed from the stage-1 weights, e.g. 0.005,0.02,0.1 ('none': "
                              "--task-lr as given); default: the recipe's (fast: probe, paper: none)"),
