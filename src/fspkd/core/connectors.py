@@ -1,6 +1,6 @@
 """Connectors: learnable adapters that make a student's FSP matrices comparable with a teacher's of other widths.
 
-An FSP matrix is (m, n) for a pair whose maps have m and n channels, so a student narrower than its teacher gives
+An FSP matrix is (m, n) for a pair whose maps have m and n channels, so a student narrower or wider than its teacher gives
 matrices of another shape than the targets. A connector maps each student tap whose width differs from the
 teacher tap at the same place to the teacher's width; taps of equal width are left as they are. Two designs:
 
@@ -101,10 +101,10 @@ class Connectors(nn.Module):
         second = self._adapter(s_pair[1], t_pair[1])
         a, b = features[s_pair[0]], features[s_pair[1]]
         if DESIGNS[self.design].acts_on == "maps":
-            return fsp_matrix(first(a) if first else a, second(b) if second else b)
+            return fsp_matrix(a if first is None else first(a), b if second is None else second(b))
         g = fsp_matrix(a, b)
-        g = first(g) if first else g
-        return second(g, side="columns") if second else g
+        g = g if first is None else first(g)
+        return g if second is None else second(g, side="columns")
 
 
 def tap_widths(student_pairs: Sequence[Pair], teacher_pairs: Sequence[Pair], student_g, teacher_g
