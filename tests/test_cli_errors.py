@@ -97,7 +97,7 @@ def test_image_folder_with_an_unreadable_image_or_no_classes(capsys, earlier, tm
 
 def test_fsp_channel_widths_that_differ_list_both_and_what_fits(capsys, earlier, tmp_path):
     argv = ["distill", "--teacher", str(earlier), "--model", "resnet14", "--model-option", "width=2",
-            "--out", str(tmp_path / "o"), *TINY]
+            "--fsp-connector", "none", "--out", str(tmp_path / "o"), *TINY]
     line = fails_cleanly(capsys, argv, earlier, r"pair 1 .*student \(32, 32\), teacher \(16, 16\)")
     assert "pair 3" in line and "student (64, 128), teacher (32, 64)" in line
     assert "--model-option width=1" in line

@@ -154,7 +154,7 @@ def test_a_non_finite_loss_stops_with_iteration_stage_and_term(teacher_dir, tmp_
 
 def test_mismatched_fsp_widths_list_both_widths_per_pair(teacher_dir, tmp_path):
     config = tiny(method="fsp", model="resnet8", model_options={"width": 2}, teacher=str(teacher_dir),
-                  stage1=Schedule(iterations=2, lr=1e-4))
+                  stage1=Schedule(iterations=2, lr=1e-4), fsp_connector="none")
     with pytest.raises(FspkdError, match=r"pair 1 .*student \(32, 32\), teacher \(16, 16\)"):
         train(config, tmp_path / "bad", progress=False)
 

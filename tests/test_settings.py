@@ -78,7 +78,8 @@ def test_a_two_stage_config_without_stage1_fails_before_anything_is_written(tmp_
 
 
 def test_a_failing_dry_run_releases_the_claim_and_leaves_nothing(teacher, tmp_path):
-    wide = {**DATA, "method": "fsp", "model": "resnet8", "model_options": {"width": 2}, "teacher": str(teacher)}
+    wide = {**DATA, "method": "fsp", "model": "resnet8", "model_options": {"width": 2}, "teacher": str(teacher),
+            "fsp_connector": "none"}
     with pytest.raises(FspkdError, match="equal channel widths"):
         fspkd.train(wide, tmp_path / "new", progress=False)
     assert not (tmp_path / "new").exists()

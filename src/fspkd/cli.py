@@ -53,10 +53,12 @@ DISTILL_FLAGS = {
                    "when a network has one-block sections, as ResNet-8)"),
     "--fsp-normalize": ("fsp_normalize", str, "none (the paper's raw matrices) | frobenius (unit-norm matrices "
                         "per sample); default: the recipe's"),
-    "--task-lr-candidates": ("task_lr_candidates",
-                             lambda s: [] if s == "none" else [float(v) for v in s.split(",") if v],
-                             "task-stage lrs probed from the stage-1 weights, e.g. 0.005,0.02,0.1 ('none': "
-                             "--task-lr as given); default: the recipe's (fast: probe, paper: none)"),
+    "--fsp-connector": ("fsp_connector", str, "adapters where student and teacher FSP taps differ in width: auto "
+                        "(default; docs/connectors.md) | linear (on the FSP matrices) | conv1x1 (1x1 conv + BN on "
+                        "the student's maps) | none (widths must match)"),
+    "--task-lr-candidates": ("task_lr_candidates", lambda s: [float(v) for v in s.split(",") if v not in ("", "none")],
+                             "task-stage lrs probed from the stage-1 weights, e.g. 0.005,0.02,0.1 ('none': --lr as "
+                             "given); default: the recipe's (fast: probe, paper: none)"),
     "--shuffle-seed": ("shuffle_seed", int, "train against channel-shuffled teacher FSP (the paper's dagger)"),
     "--kd-temperature": ("kd_temperature", float, "Hinton KD temperature (default 4)"),
     "--kd-alpha": ("kd_alpha", float, "weight of the soft KD term (default 0.9)"),

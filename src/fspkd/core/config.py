@@ -17,6 +17,8 @@ from fspkd.core.errors import FspkdError
 
 METHODS = ("plain", "fsp", "kd", "fitnet", "copy")  # fspkd.methods implements one class per name
 TWO_STAGE_METHODS = ("fsp", "fitnet")  # stage 1 (FSP matrices, FitNet hints), then the task stage
+# FSP between different widths (fspkd.core.connectors): none, the measured default design, or a design by name
+FSP_CONNECTORS = ("none", "auto", "conv1x1", "linear")
 
 
 @dataclass
@@ -94,6 +96,7 @@ class RunConfig:
     fsp_normalize: str = "none"  # none (the paper's raw Eq. 1) | frobenius (each matrix scaled to unit norm)
     fsp_pairs: list[list[str]] | None = None  # explicit [first tap, second tap] pairs for any model
     teacher_fsp_pairs: list[list[str]] | None = None  # the teacher's pairs when its module names differ
+    fsp_connector: str = "auto"  # learned adapters at student taps whose width differs from the teacher's
     # task-stage learning rates probed from the stage-1 weights (fspkd.training.lr_probe); empty: task.lr as given
     task_lr_candidates: list[float] = field(default_factory=list)
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
@@ -152,6 +155,8 @@ class RunConfig:
             raise FspkdError(f"fsp_first must be 'before' or 'after', got {self.fsp_first!r}")
         if self.fsp_normalize not in ("none", "frobenius"):
             raise FspkdError(f"fsp_normalize must be 'none' or 'frobenius', got {self.fsp_normalize!r}")
+        if self.fsp_connector not in FSP_CONNECTORS:
+            raise FspkdError(f"fsp_connector must be one of {', '.join(FSP_CONNECTORS)}, got {self.fsp_connector!r}")
         if self.fitnet_hints not in (1, 3):
             raise FspkdError(f"fitnet_hints must be 1 or 3, got {self.fitnet_hints}")
         if self.stored_fsp_views < 1 or self.stored_fsp_dtype not in ("float16", "float32"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from fspkd.accel.fast_teacher import inference_teacher
+from fspkd.core.connectors import Connectors, design_name, tap_widths
 from fspkd.core.errors import FspkdError
 from fspkd.core.fsp import ChannelShuffle, fsp_loss, fsp_matrix
 from fspkd.core.taps import FeatureTaps, parse_tap
@@ -62,27 +63,20 @@ class FSP(Method):
             runner, self.teacher_forward = inference_teacher(teacher, keep=[parse_tap(t)[0] for t in teacher_taps])
         self.teacher_taps = FeatureTaps(runner, teacher_taps)
         self.shuffle: ChannelShuffle | None = None
+        self.connectors: Connectors | None = None  # built by check() where the widths differ
         self.stored_targets = None  # stage-1 target provider (fspkd.accel.fsp_store) when config.stored_fsp
         if config.compile_teacher:  # faster live stage-1 steps after a compilation (see fspkd bench --compile)
             self.teacher_forward = torch.compile(self.teacher_forward)
 
     def check(self, example):
-        """Compare FSP matrix shapes pair by pair and build the shuffle once the channel counts are known."""
+        """Compare FSP matrix shapes pair by pair; build the connectors where the widths differ and the shuffle,
+        once the channel counts are known."""
         with torch.no_grad():
             with eval_mode(self.student):
                 student_g = self.student_matrices(example[:2])
             teacher_g = self.live_teacher_matrices(example[:2])
-        bad = [
-            f"pair {i + 1} ({s_pair[0]} -> {s_pair[1]}): student {tuple(gs.shape[1:])}, teacher {tuple(gt.shape[1:])}"
-            for i, (s_pair, gs, gt) in enumerate(zip(self.student_pairs, student_g, teacher_g))
-            if gs.shape[1:] != gt.shape[1:]
-        ]
-        if bad:
-            raise FspkdError(
-                "FSP needs equal channel widths at both ends of every pair; "
-                + "; ".join(bad)
-                + f". Would fit: {_what_fits(self.config, student_g, teacher_g)}"
-            )
+        if any(gs.shape[1:] != gt.shape[1:] for gs, gt in zip(student_g, teacher_g)):
+            self.connect(student_g, teacher_g, example.device)
         if self.config.shuffle_seed is not None:
             channels = {}
             for (first, second), g in zip(self.teacher_pairs, teacher_g):
@@ -92,15 +86,40 @@ class FSP(Method):
                 groups = self.teacher.fsp_permutation_groups(self.section_start, self.config.fsp_pre_relu)
             self.shuffle = ChannelShuffle(self.teacher_pairs, channels, self.config.shuffle_seed, groups)
 
+    def connect(self, student_g, teacher_g, device) -> None:
+        """Connectors for the taps whose widths differ; with ``fsp_connector: none`` the widths must be equal."""
+        if self.config.fsp_connector == "none":
+            bad = [
+                f"pair {i + 1} ({s_pair[0]} -> {s_pair[1]}): student {tuple(gs.shape[1:])}, "
+                f"teacher {tuple(gt.shape[1:])}"
+                for i, (s_pair, gs, gt) in enumerate(zip(self.student_pairs, student_g, teacher_g))
+                if gs.shape[1:] != gt.shape[1:]
+            ]
+            raise FspkdError(
+                "FSP needs equal channel widths at both ends of every pair (--fsp-connector none); "
+                + "; ".join(bad)
+                + f". Would fit: {_what_fits(self.config, student_g, teacher_g)}, or learned connectors "
+                "(--fsp-connector auto)"
+            )
+        widths = tap_widths(self.student_pairs, self.teacher_pairs, student_g, teacher_g)
+        self.connectors = Connectors(design_name(self.config.fsp_connector), widths).to(device)
+
+    def extra_modules(self, stage):
+        """The connectors, trained in stage 1 only (the task stage trains the student alone)."""
+        return {"connectors": self.connectors} if stage == "stage1" and self.connectors is not None else {}
+
     def student_matrices(self, images, forward=None):
+        """The student's FSP matrices of ``images``, through the connectors (the teacher's shapes) if any."""
         (forward or self.student)(images)
-        return _matrices(self.student_taps, self.student_pairs)
+        if self.connectors is not None:
+            return self.connectors.matrices(self.student_taps.features, self.student_pairs, self.teacher_pairs)
+        return _matrices(self.student_taps, self.student_pairs, "student")
 
     @torch.inference_mode()
     def live_teacher_matrices(self, images):
         """The teacher's own FSP matrices: one forward pass, no graph."""
         self.teacher_forward(images)
-        matrices = _matrices(self.teacher_taps, self.teacher_pairs)
+        matrices = _matrices(self.teacher_taps, self.teacher_pairs, "teacher")
         self.teacher_taps.clear()
         return matrices
 
@@ -164,9 +183,23 @@ def _unique(pairs):
     return list(dict.fromkeys(tap for pair in pairs for tap in pair))
 
 
-def _matrices(taps, pairs):
+def _matrices(taps, pairs, role: str):
     features = taps.features
-    return [fsp_matrix(features[a], features[b]) for a, b in pairs]
+    return [_pair_matrix(features[a], features[b], a, b, role) for a, b in pairs]
+
+
+def _pair_matrix(a, b, first: str, second: str, role: str):
+    """Eq. 1 of one pair, or a one-line error naming the pair's layers and shapes (maps whose spatial sizes no
+    max pooling matches, maps that are not 4-D)."""
+    try:
+        return fsp_matrix(a, b)
+    except ValueError as err:
+        reason = str(err).removeprefix("fsp_matrix ")
+        raise FspkdError(
+            f"the {role}'s FSP pair {first} -> {second} has maps of shapes {tuple(a.shape[1:])} and "
+            f"{tuple(b.shape[1:])} (channels, height, width): {reason}; choose other tap points (--fsp-pairs, "
+            "--teacher-fsp-pairs) or another input size"
+        ) from None
 
 
 # -- beyond the paper (docs/findings.md) ---------------------------------------------------------------------------
