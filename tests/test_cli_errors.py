@@ -175,3 +175,16 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoin
                   r" the last good checkpoint .*last\.pt is kept", starts_run=True)
     kept = load_checkpoint(tmp_path / "boom" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_a_teacher_of_other_classes_and_taps_that_are_not_maps_are_refused_before_training(capsys, earlier,
+                                                                                          tmp_path):
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "two", ["cat", "dog"], per_class=8, split=split)
+    argv = ["distill", "--method", "kd", "--teacher", str(earlier), "--model", "resnet8", "--out",
+            str(tmp_path / "kd"), *TINY[2:], "--batch-size", "8", "--data", f"imagefolder:{tmp_path / 'two'}",
+            "--image-size", "32", "--normalize", "imagenet"]
+    fails_cleanly(capsys, argv, earlier, "the student has 2 classes but the teacher 10")
+    argv = ["distill", "--teacher", str(earlier), "--model", "resnet8", "--fsp-pairs", "layer3>linear",
+            "--out", str(tmp_path / "fsp"), *TINY]
+    fails_cleanly(capsys, argv, earlier, r"FSP pair layer3 -> linear has maps of shapes \(64, 8, 8\) and \(10,\)")
