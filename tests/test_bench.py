@@ -3,8 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from fspkd.cli import main
+from fspkd.experiments.bench import format_table
+from fspkd.experiments.overhead import bench_overhead, step_cases
+from fspkd.models import create
 
 RATIOS = ("stage1_live_over_plain", "stage1_stored_over_plain", "data_speedup_over_per_image",
           "data_share_of_step", "fsp_speedup_over_naive", "fast_teacher_live_speedup")
@@ -23,7 +27,9 @@ def test_bench_writes_every_ratio_for_every_pair(tmp_path, capsys, monkeypatch):
                                 "fsp_naive", "plain_threads_1"}
     assert set(pair["peak_mb"]) == set(pair["ms"])
     assert results["settings"]["batch_size"] == 8 and results["settings"]["fsp_first"] == "before"
-    assert "stage1_stored_over_plain" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "stage1_stored_over_plain" in printed and "distiller_over_by_hand" in printed
+    assert set(results["overhead"]["ms"]) == {"by_hand", "distiller", "engine"}
 
 
 def test_bench_times_the_fast_recipe_taps(tmp_path, monkeypatch):
@@ -43,3 +49,19 @@ def test_bench_times_the_fast_recipe_taps(tmp_path, monkeypatch):
 def test_bench_refuses_bad_arguments(args, message, capsys):
     assert main(["bench", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_overhead_cases_take_the_same_step_and_report_ratios_with_their_range(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    student, teacher = create("resnet8"), create("resnet14")
+    batches = [(torch.randn(4, 3, 32, 32), torch.arange(4) % 10)]
+    cases = step_cases(student, teacher, batches, torch.device("cpu"))
+    losses = [case(0) for case in cases.values()]  # one first step each, from the same weights
+    assert all(torch.allclose(losses[0], loss, rtol=1e-5) for loss in losses[1:]) and losses[0] > 0
+    result = bench_overhead(student, teacher, batches, repeats=2, device=torch.device("cpu"))
+    assert set(result["ms"]) == set(cases)
+    assert all(r["min"] <= r["median"] <= r["max"] for r in result["ratios"].values())
+    assert "stage 1 step distiller" in format_table({"data": {"ms": {"batch_loader": 1.0, "per_image_pil": 2.0},
+                                                               "peak_mb": {"batch_loader": None,
+                                                                           "per_image_pil": None}},
+                                                      "overhead": result})

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 import torch
+from interrupts import train_until_interrupted
 
 from fspkd.cli import main
 from fspkd.core.checkpoint import load_checkpoint
@@ -166,19 +167,8 @@ def test_a_narrower_student_learns_the_teacher_s_flow_through_connectors(design,
 def test_connectors_are_checkpointed_and_resume_exactly(wide_teacher, tmp_path, monkeypatch):
     config = distill(wide_teacher)
     train(config, tmp_path / "straight", progress=False)
-    original_step = FSP.step
-    calls = {"n": 0}
-
-    def step_until_the_7th(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 7:  # in stage 1, after its checkpoint at iteration 4
-            raise KeyboardInterrupt
-        return original_step(self, *args)
-
-    monkeypatch.setattr(FSP, "step", step_until_the_7th)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(FSP, "step", original_step)
+    # interrupted in stage 1, after its checkpoint at 4
+    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=7)
     saved = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")
     assert saved["position"] == [0, 0, 4] and saved["extra"]["connectors"]
     train(config, tmp_path / "resumed", resume=True, progress=False)

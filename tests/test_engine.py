@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from interrupts import train_until_interrupted
 
 from fspkd.core.checkpoint import load_checkpoint
 from fspkd.core.config import RunConfig, Schedule
@@ -112,22 +113,8 @@ def test_resume_after_an_interruption_ends_with_the_same_weights(teacher_dir, tm
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=8, lr=1e-4),
                   fsp_lambda=0.01)
     train(config, tmp_path / "straight", progress=False)
-
-    from fspkd.methods.fsp import FSP
-
-    original_step = FSP.step
-    calls = {"n": 0}
-
-    def step_until_the_13th(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 13:  # as a Ctrl-C would, in stage 2 after its checkpoint at 4
-            raise KeyboardInterrupt
-        return original_step(self, *args)
-
-    monkeypatch.setattr(FSP, "step", step_until_the_13th)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(FSP, "step", original_step)
+    # interrupted in stage 2, after its checkpoint at 4
+    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=13)
     summary = train(config, tmp_path / "resumed", resume=True, progress=False)
     a = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "final.pt")["model"]

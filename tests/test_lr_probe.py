@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
+from interrupts import train_until_interrupted
 
 from fspkd.core.checkpoint import load_checkpoint
 from fspkd.core.config import RunConfig, Schedule
 from fspkd.core.settings import resolve_config
-from fspkd.methods.fsp import FSP
 from fspkd.training import distributed, lr_probe
 from fspkd.training.build import build_run
 from fspkd.training.run import train
@@ -84,18 +84,8 @@ def test_an_fsp_run_records_its_probe_and_resumes_with_the_probed_rate(teacher, 
     assert f"task_lr_candidates: {straight['task_lr']:g}" in (tmp_path / "straight" / "config.yaml").read_text()
     assert straight["stages"]["lr_probe"]["iterations"] == 3 * 2
 
-    original, calls = FSP.step, {"n": 0}
-
-    def interrupted(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 60 + 3 * 2 + 50:  # in the task stage, after its checkpoint at 40
-            raise KeyboardInterrupt
-        return original(self, *args)
-
-    monkeypatch.setattr(FSP, "step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", progress=False)
-    monkeypatch.setattr(FSP, "step", original)
+    # interrupted in the task stage, after its checkpoint at 40
+    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=60 + 3 * 2 + 50)
     resumed = train(config, tmp_path / "resumed", resume=True, progress=False)
     assert resumed["task_lr"] == straight["task_lr"]
     a, b = (load_checkpoint(tmp_path / run / "final.pt")["model"] for run in ("straight", "resumed"))

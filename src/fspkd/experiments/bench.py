@@ -6,7 +6,9 @@ pair it times one optimiser step of (1) plain training of the student, (2) stage
 (3) stage 1 with stored teacher FSP (``fspkd.accel.fsp_store``), (4) the FSP matrices + loss alone (forward and
 backward) against a naive broadcast-and-sum reference, and, once, (5) one batch of our ``BatchLoader``
 against a per-image Pillow pipeline through ``torch.utils.data.DataLoader`` (pad-4 random crop, flip,
-to-tensor, normalise, image by image, as torchvision's transforms do); (6) the peak memory of each case
+to-tensor, normalise, image by image, as torchvision's transforms do); for the first pair, a stage-1 step through
+``fspkd.Distiller`` and through the engine against the same step written by hand (``experiments.overhead``);
+(6) the peak memory of each case
 (resident set growth on CPU, from the kernel's high-water mark; allocator peak on CUDA). Networks are freshly
 initialised and images random: speed does not depend on trained weights.
 """
@@ -32,6 +34,7 @@ from fspkd.accel.fsp_store import StoredTargets, stored_targets
 from fspkd.core.config import RunConfig
 from fspkd.core.fsp import fsp_loss, fsp_matrix
 from fspkd.data import BatchLoader
+from fspkd.experiments.overhead import bench_overhead
 from fspkd.methods.base import Method
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
@@ -70,6 +73,12 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
             data_share_of_step=data_ms / (data_ms + pair["ms"]["plain"]),
         )
         results[f"{teacher_name}:{student_name}"] = pair
+    teacher_name, student_name = pairs[0]
+    log(f"timing the Distiller and the engine against a hand-written step, {teacher_name} -> {student_name} ...")
+    batches = [(x.to(target), y.to(target)) for x, y in
+               _take(BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True), BATCHES)]
+    results["overhead"] = bench_overhead(_network(student_name, 2, target), _network(teacher_name, 1, target),
+                                         batches, repeats=repeats, device=target)
     return results
 
 
@@ -345,7 +354,7 @@ def format_table(results: dict) -> str:
     for name in ("batch_loader", "per_image_pil"):
         lines.append(_row(f"data/{name} (per batch)", data["ms"][name], None, data["peak_mb"][name]))
     for key, pair in results.items():
-        if key in ("settings", "data"):
+        if key in ("settings", "data", "overhead"):
             continue
         for name, value in pair["ms"].items():
             relative = value / pair["ms"]["plain"] if not name.startswith("fsp_") else None
@@ -353,6 +362,11 @@ def format_table(results: dict) -> str:
                 relative = value / pair["ms"]["plain_channels_last"]
             lines.append(_row(f"{key} {name}", value, relative, pair["peak_mb"][name]))
         lines += [f"  {name} = {value:.3f}" for name, value in pair["ratios"].items()]
+    if "overhead" in results:
+        overhead = results["overhead"]
+        lines += [_row(f"stage 1 step {name}", ms, None, None) for name, ms in overhead["ms"].items()]
+        lines += [f"  {name} = {r['median']:.3f} (per-repeat range {r['min']:.3f} to {r['max']:.3f})"
+                  for name, r in overhead["ratios"].items()]
     return "\n".join(lines)
 
 
