@@ -86,7 +86,7 @@ def test_fitnet_regressors_are_learnable_parameters_after_check():
 def test_check_gives_the_clis_one_line_errors():
     student, teacher = models("resnet8", "resnet8x4")
     with pytest.raises(FspkdError, match="FSP needs equal channel widths at both ends of every pair") as err:
-        Distiller(student, teacher, "fsp").check(IMAGES)
+        Distiller(student, teacher, "fsp", fsp_connector="none").check(IMAGES)
     assert "\n" not in str(err.value) and not student.layer1._forward_hooks  # no hooks left on a refused set-up
     with pytest.raises(FspkdError, match="no module 'layer9' in CifarResNet"):
         Distiller(*models(), "fsp", pairs=[("layer1", "layer9")]).check(IMAGES)
@@ -136,3 +136,15 @@ def test_a_ddp_wrapped_student_is_tapped_inside_its_wrapper(tmp_path):
 def test_a_compiled_student_is_tapped_inside_its_wrapper():
     plain, compiled, named, prefixed = fsp_loss_through(lambda m: torch.compile(m, backend="eager"))
     assert plain > 0 and torch.allclose(plain, compiled) and named > 0 and torch.allclose(named, prefixed)
+
+
+def test_different_widths_get_connectors_among_the_distillers_parameters():
+    student, teacher = models("resnet8", "resnet8x4")
+    distiller = Distiller(student, teacher, "fsp")
+    distiller.check(IMAGES)
+    own = {id(p) for p in student.parameters()}
+    extra = [p for p in distiller.parameters() if id(p) not in own]
+    assert extra and not any(id(p) in {id(q) for q in teacher.parameters()} for p in extra)
+    _, losses = distiller(IMAGES, torch.zeros(len(IMAGES), dtype=torch.long))
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in extra)
