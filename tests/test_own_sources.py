@@ -111,3 +111,32 @@ def test_a_missing_tracker_fails_in_one_line_with_the_pip_command(tmp_path, monk
 
         open_tracker(resolve_config({"log": "wandb"}), tmp_path)
     assert main(args) == 2 and not (tmp_path / "run").exists()  # refused before the run folder is made
+
+
+def test_log_wandb_sends_each_metrics_row_to_one_run(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = {"init": [], "rows": [], "finished": 0}
+    run = types.SimpleNamespace(log=calls["rows"].append,
+                                finish=lambda: calls.__setitem__("finished", calls["finished"] + 1))
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls["init"].append(kwargs) or run
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic:64,16", "--batch-size", "16", "--eval-every", "2", "--quiet",
+                 "--model", "resnet8", "--iterations", "2", "--log", "wandb", "--out", str(out)]) == 0
+    [init] = calls["init"]
+    assert init["project"] == "fspkd" and init["id"] == (out / "wandb-run-id").read_text().strip()
+    assert calls["rows"] and all("task/loss" in row for row in calls["rows"]) and calls["finished"] == 1
+
+
+def test_log_wandb_offline_writes_a_run_without_an_account(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    assert main(["train", "--data", "synthetic:64,16", "--batch-size", "16", "--eval-every", "2", "--quiet",
+                 "--model", "resnet8", "--iterations", "2", "--log", "wandb", "--out", str(out)]) == 0
+    [log] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert log.stat().st_size > 0
