@@ -1,6 +1,7 @@
 """The command line on a user's own code: models as 'package.module:factory', data as 'python:module:attribute',
 and FSP sections found by a dry run for networks that declare none."""
 
+import csv
 import json
 import textwrap
 
@@ -140,3 +141,14 @@ def test_log_wandb_offline_writes_a_run_without_an_account(tmp_path, monkeypatch
                  "--model", "resnet8", "--iterations", "2", "--log", "wandb", "--out", str(out)]) == 0
     [log] = list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert log.stat().st_size > 0
+
+
+def test_the_api_gets_each_metrics_row_through_a_callback(tmp_path):
+    import fspkd
+
+    rows = []
+    fspkd.train({"data": "synthetic:64,16", "batch_size": 16, "eval_every": 2, "model": "resnet8",
+                 "task": {"iterations": 4}}, tmp_path / "run", progress=False, on_metrics=rows.append)
+    written = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert [row["iteration"] for row in rows] == [int(row["iteration"]) for row in written] == [2, 4]
+    assert all(row["images_per_s"] > 0 and "loss" in row and "test_acc" in row for row in rows)

@@ -8,6 +8,7 @@ several students) and ``summary.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +52,14 @@ def weights_payload(model: nn.Module, model_name: str, model_options: dict, spli
 class Records:
     """The metrics, checkpoints, evaluations and summary of ``run`` in ``out``."""
 
-    def __init__(self, run: Run, out: Path):
+    def __init__(self, run: Run, out: Path, on_metrics: Callable[[dict], None] | None = None):
         self.run, self.out = run, out
         self.metrics = MetricsFile(out / "metrics.csv")
         self.tracker = open_tracker(run.config, out) if run.ctx.is_main else None  # --log tensorboard | wandb
+        self.on_metrics = on_metrics  # the Python API's copy of each row (fspkd.train(..., on_metrics=))
         self.wall = 0.0  # seconds of optimiser steps, over all stages and students
         self.stage_stats: dict[str, dict] = {}
+        self.since_row = [0, 0.0]  # steps and seconds since the last metrics row: its images per second
 
     # -- metrics rows ---------------------------------------------------------------------------------------
     def add_step(self, stage: str, seconds: float) -> None:
@@ -64,17 +67,25 @@ class Records:
         stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0})
         stats["iterations"] += 1
         stats["wall_s"] += seconds
+        self.since_row[0] += 1
+        self.since_row[1] += seconds
 
     def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool) -> dict:
         """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
         row = self._train_row(position, stage, output, labels)
         if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
             row.update({f"{split}_acc": acc for split, (acc, _, _) in self.held_out_predictions().items()})
-        if self.run.ctx.is_main:  # written before the checkpoint: a resume from that checkpoint never lacks it
+        self._write(row)  # before the checkpoint: a resume from that checkpoint never lacks it
+        return row
+
+    def _write(self, row: dict) -> None:
+        """One metrics row to ``metrics.csv``, the tracker and the API's callback (rank 0 only)."""
+        if self.run.ctx.is_main:
             self.metrics.append(row)
             if self.tracker:
                 self.tracker.log(row)
-        return row
+            if self.on_metrics:
+                self.on_metrics(dict(row))
 
     def _train_row(self, position: Position, stage: str, output: dict, labels) -> dict:
         ctx = self.run.ctx
@@ -90,6 +101,10 @@ class Records:
             row["grad_norm"] = float(output["grad_norm"])
         row.update(student=position.student, stage=stage, iteration=position.iteration, wall_s=self.wall,
                    lr=output["lr"])
+        steps, seconds = self.since_row
+        if seconds > 0:
+            row["images_per_s"] = steps * self.run.config.batch_size / seconds
+        self.since_row = [0, 0.0]
         return row
 
     def log_probe(self, probe) -> None:
@@ -104,8 +119,8 @@ class Records:
         if not self.run.ctx.is_main:
             return
         for lr, loss in probe.losses.items():
-            self.metrics.append({"student": 0, "stage": "task", "iteration": 0, "wall_s": self.wall, "lr": lr,
-                                 "probe_loss": loss})
+            self._write({"student": 0, "stage": "task", "iteration": 0, "wall_s": self.wall, "lr": lr,
+                         "probe_loss": loss})
         config = self.out / "config.yaml"
         settings = "".join(line for line in config.read_text().splitlines(keepends=True)
                            if not line.startswith(PROBE_NOTE))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +35,20 @@ __all__ = ["NonFiniteLoss", "train"]
 
 
 def train(config: RunConfig | Mapping[str, Any] | None, out_dir: str | Path, *, resume: bool = False,
-          progress: bool = True, device: str | None = None) -> dict:
+          progress: bool = True, device: str | None = None,
+          on_metrics: Callable[[dict], None] | None = None) -> dict:
     """Run ``config`` into ``out_dir`` and return its summary.
 
     ``config`` is a RunConfig (taken as it is, validated) or a mapping of the settings a user names (resolved by
     ``fspkd.resolve_config``). With ``resume``, a run already in ``out_dir`` continues from its last checkpoint
     (``config`` must then equal the saved one, or be None to use it); an empty or missing ``out_dir`` starts
     afresh. Without ``resume`` an existing run is refused, and so is a non-empty folder that holds no run.
+    ``on_metrics`` gets a copy of each ``metrics.csv`` row as it is written (losses by name, lr, accuracies,
+    images per second), as ``--log`` trackers do.
     """
     ctx = distributed.setup(device)
     try:
-        summary = _train(config, Path(out_dir), resume, progress, ctx)
+        summary = _train(config, Path(out_dir), resume, progress, ctx, on_metrics)
     except FspkdError:
         distributed.teardown(ctx)  # raised on every rank alike (input checks, any_rank): all reach the barrier
         raise
@@ -56,7 +59,7 @@ def train(config: RunConfig | Mapping[str, Any] | None, out_dir: str | Path, *, 
     return summary
 
 
-def _train(config, out: Path, resume: bool, progress: bool, ctx) -> dict:
+def _train(config, out: Path, resume: bool, progress: bool, ctx, on_metrics) -> dict:
     if isinstance(config, Mapping):
         config = resolve_config(config)
     elif config is not None:
@@ -82,7 +85,7 @@ def _train(config, out: Path, resume: bool, progress: bool, ctx) -> dict:
             except BaseException:  # config.yaml could not be written (a read-only or full disk)
                 _release(out, claim, ctx)
                 raise
-        return walk(run, Records(run, out), resume and (out / "checkpoints" / "last.pt").exists(), progress)
+        return walk(run, Records(run, out, on_metrics), resume and (out / "checkpoints" / "last.pt").exists(), progress)
     finally:
         run.method.close()
 
