@@ -86,7 +86,7 @@ def test_corrupt_file_is_named_in_one_line(tmp_path):
     assert "\n" not in message and "BytesIO" not in message  # Pillow's own text names a buffer, not the file
 
 
-def test_symlinked_folders_are_followed(tmp_path):
+def test_symlinked_folders_and_files_are_followed(tmp_path):
     write_image_folder(tmp_path / "storage", ["cats"], per_class=2)
     write_image_folder(tmp_path / "elsewhere", ["dogs"], per_class=3)
     write_image_folder(tmp_path / "set", ["birds"], per_class=1, split="val")
@@ -94,8 +94,10 @@ def test_symlinked_folders_are_followed(tmp_path):
     (tmp_path / "storage" / "train" / "dogs").symlink_to(tmp_path / "elsewhere" / "train" / "dogs")
     (tmp_path / "storage" / "train" / "cats" / "loop").symlink_to(tmp_path / "storage")  # must not loop forever
     write_image_folder(tmp_path / "storage", ["birds"], per_class=1)
+    (tmp_path / "storage" / "train" / "birds" / "linked.png").symlink_to(tmp_path / "elsewhere" / "train" / "dogs"
+                                                                          / "0000.png")  # a linked file
     splits = load(tmp_path / "set")
-    assert splits.classes == ["birds", "cats", "dogs"] and splits.train.labels.tolist() == [0, 1, 1, 2, 2, 2]
+    assert splits.classes == ["birds", "cats", "dogs"] and splits.train.labels.tolist() == [0, 0, 1, 1, 2, 2, 2]
     assert splits.test.labels.tolist() == [0]
 
 
