@@ -155,7 +155,7 @@ def test_an_existing_run_is_refused_or_resumed_never_overwritten(capsys, earlier
     fails_cleanly(capsys, ["train", "--model", "resnet8", "--out", str(earlier), *TINY], earlier,
                   r"already holds a run; pass --resume")
     fails_cleanly(capsys, ["train", "--model", "resnet8", "--out", str(earlier), "--resume", *TINY[:-1],
-                           "--lr", "0.5", "--quiet"], earlier, r"--resume: the settings given differ .* in task")
+                           "--weight-decay", "0.5", "--quiet"], earlier, r"--resume: the settings given differ .* in task")
     fails_cleanly(capsys, ["distill", "--out", str(tmp_path / "none"), "--resume"], earlier,
                   r"--resume: .*none holds no run to continue")
     other = tmp_path / "notes"
@@ -175,6 +175,20 @@ def test_a_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoin
                   r" the last good checkpoint .*last\.pt is kept", starts_run=True)
     kept = load_checkpoint(tmp_path / "boom" / "checkpoints" / "last.pt")
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_gradients_are_never_applied_and_the_run_resumes_at_a_lower_lr(capsys, earlier, tmp_path):
+    out = tmp_path / "diverged"
+    argv = ["train", "--data", "synthetic:512,256", "--model", "resnet8", "--batch-size", "16", "--iterations", "40",
+            "--eval-every", "2", "--lr", "1e6", "--quiet", "--out", str(out)]
+    fails_cleanly(capsys, argv, earlier, r"non-finite (gradients|loss) at iteration \d+ of task.*; the last good "
+                  r"checkpoint .*last\.pt is kept", starts_run=True)
+    kept = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    assert main(["train", "--out", str(out), "--resume", "--lr", "0.01", "--quiet"]) == 0
+    assert "# resumed with task.lr 1e+06 -> 0.01" in (out / "config.yaml").read_text()
+    assert main(["train", "--out", str(out), "--resume", "--batch-size", "32", "--quiet"]) == 2  # not a rate
+    assert "differ from those of the run" in capsys.readouterr().err
 
 
 def test_a_teacher_of_other_classes_and_taps_that_are_not_maps_are_refused_before_training(capsys, earlier,

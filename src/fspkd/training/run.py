@@ -11,6 +11,7 @@ Under ``torchrun`` the same function runs on every process (docs/distributed.md)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -97,7 +98,7 @@ def _claim(config: RunConfig | None, out: Path, resume: bool, ctx) -> tuple[RunC
     holds_files = out.exists() and any(out.iterdir())
     distributed.barrier(ctx)  # every rank has looked before rank 0 writes
     if holds_run:
-        return _resumed_config(config, out, resume), None
+        return _resumed_config(config, out, resume, ctx), None
     if config is None:
         raise FspkdError(f"--resume: {out} holds no run to continue; give the run's settings to start one")
     if holds_files:
@@ -140,19 +141,21 @@ def _start(config: RunConfig, out: Path, ctx) -> None:
     distributed.barrier(ctx)
 
 
-def _resumed_config(config: RunConfig | None, out: Path, resume: bool) -> RunConfig:
+def _resumed_config(config: RunConfig | None, out: Path, resume: bool, ctx) -> RunConfig:
     if not resume:
         raise FspkdError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     saved = out / "config.yaml"
     stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).validate()
     if config is not None:
         given = config.to_dict()
-        differing = [key for key, value in stored.to_dict().items() if value != given[key]]
+        differing = [key for key, value in _lrs_aside(stored.to_dict()).items() if value != _lrs_aside(given)[key]]
         if differing:
             raise FspkdError(
                 f"--resume: the settings given differ from those of the run in {out} in {', '.join(differing)}; "
-                "resume with the same settings, or with none (the saved config.yaml is used)"
+                "resume with the same settings (learning rates may change), or with none (the saved config.yaml "
+                "is used)"
             )
+        stored = _with_new_lrs(stored, config, saved, ctx)
     _make_checkpoints_folder(out)
     for folder in (out, out / "checkpoints"):  # files torn by a kill -9 mid-write; a live writer's stay
         remove_stale_temporaries(folder)
@@ -165,3 +168,29 @@ def _make_checkpoints_folder(out: Path) -> None:
     except OSError as err:
         raise FspkdError(f"{out / 'checkpoints'}: cannot create the checkpoints folder "
                          f"({write_failure(err, out)})") from None
+
+
+def _lrs_aside(settings: dict) -> dict:
+    """Settings with the learning rates set aside: a run may resume at other rates (a lower one after a
+    divergence). A changed task lr turns the lr probe off, as a task lr named at the start does."""
+    settings = {**settings, "task_lr_candidates": None}
+    for stage in ("task", "stage1"):
+        if settings.get(stage):
+            settings[stage] = {**settings[stage], "lr": None}
+    return settings
+
+
+def _with_new_lrs(stored: RunConfig, given: RunConfig, saved: Path, ctx) -> RunConfig:
+    """``stored`` with ``given``'s learning rates, written to ``saved`` with a line saying what changed."""
+    changes = [f"{stage}.lr {getattr(stored, stage).lr:g} -> {getattr(given, stage).lr:g}"
+               for stage in ("task", "stage1") if getattr(stored, stage) and getattr(stored, stage).lr
+               != getattr(given, stage).lr]
+    if not changes:
+        return stored
+    probe_off = [] if any(c.startswith("task.") for c in changes) else stored.task_lr_candidates
+    changed = dataclasses.replace(stored, task=given.task, stage1=given.stage1, task_lr_candidates=probe_off)
+    if ctx.is_main:
+        notes = "".join(line for line in saved.read_text().splitlines(keepends=True) if line.startswith("#"))
+        write_text_atomic(saved, yaml.safe_dump(changed.to_dict(), sort_keys=False) + notes
+                          + f"# resumed with {', '.join(changes)}\n", "the run settings")
+    return changed

@@ -49,9 +49,12 @@ class Stepper:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         output = self._forward_backward(iteration, images, labels)
+        self.scaler.unscale_(self.optimizer)
+        norm = self._grad_norm(self.schedule.clip_grad)
         if self.schedule.clip_grad or grad_norm:
-            self.scaler.unscale_(self.optimizer)
-            output["grad_norm"] = self._grad_norm(self.schedule.clip_grad)
+            output["grad_norm"] = norm
+        if not self.scaler.is_enabled():  # fp16's scaler skips such a step itself
+            self._check_finite_gradients(norm, iteration)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {**output, "lr": lr}
@@ -108,6 +111,13 @@ class Stepper:
         if clip:
             return nn.utils.clip_grad_norm_(params, clip)
         return nn.utils.get_total_norm([p.grad for p in params])
+
+    def _check_finite_gradients(self, norm: torch.Tensor, iteration: int) -> None:
+        """A finite loss can still give non-finite gradients; such a step is never applied, so the weights (and
+        every checkpoint) stay finite. The gradients are already averaged over ranks: all ranks stop alike."""
+        if not torch.isfinite(norm):
+            raise NonFiniteLoss(f"non-finite gradients at iteration {iteration + 1} of {self.stage} (norm "
+                                f"{float(norm)}); the step was not applied")
 
     def _check_finite(self, output: dict, iteration: int) -> None:
         finite = bool(torch.isfinite(output["loss"].detach()).all())

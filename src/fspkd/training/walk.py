@@ -60,7 +60,8 @@ def restore(run: Run, records: Records) -> tuple[Position, dict]:
     for name, module in run.method.extra_modules(stage).items():
         module.load_state_dict(saved["extra"][name])
     records.wall, records.stage_stats = saved["wall"], saved["stage_stats"]
-    run.method.task_lr = saved.get("task_lr")
+    # the probed task lr, unless the run resumes at a task lr of the user's (the probe is then off)
+    run.method.task_lr = saved.get("task_lr") if run.config.task_lr_candidates else None
     return position, saved
 
 
