@@ -4,9 +4,9 @@ What stage 1 taught is kept by a low task-stage rate when it taught much (a stud
 full stage 1) and is worth less than fast task learning when it taught little (a smaller student, a short stage 1);
 no one rate serves both (docs/findings.md). So each candidate rate (``task_lr_candidates``) trains a copy of the
 stage-1 student for a few steps, the last quarter at a tenth of the rate as the task schedule ends, so that a high
-rate's noise does not hide its progress. The rate whose copy has the lowest cross-entropy on training images the
-probe never trains on wins (ties: the lower rate). The probe is meant to start from stage-1 weights, whose
-BatchNorm running statistics stage 1 has set.
+rate's noise does not hide its progress. The rate whose copy has the lowest cross-entropy (in eval mode, see
+``_held_out_loss``) on training images the probe never trains on wins (ties: the lower rate). The probe is meant
+to start from stage-1 weights, whose BatchNorm running statistics stage 1 has set.
 
 The probe is deterministic for a seed and identical on every rank (each runs it alone, on the whole batch, with
 no communication), costs at most ``PROBE_SHARE`` of the run's steps, and leaves the student, the RNG and every
