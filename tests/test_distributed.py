@@ -11,6 +11,7 @@ killed with SIGKILL (launcher and workers) in stage 2 and continued with ``--res
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,3 +155,24 @@ def test_a_two_process_run_killed_with_sigkill_resumes_to_the_same_result(teache
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["distill", "--quiet", "--micro-batches", "2", "--out", str(tmp_path / "one"), *distill]) == 0
     assert_same_run(killed, tmp_path / "one", ["checkpoints/stage1.pt", "final.pt"])
+
+
+def test_an_error_on_rank_0_alone_ends_both_processes_with_one_line(tmp_path):
+    # only rank 0 writes checkpoints: with its checkpoints folder gone, its next write fails and rank 1 is left
+    # in the next step's all-reduce; the run must end, not wait there
+    out = tmp_path / "run"
+    process = subprocess.Popen(torchrun("train", "--quiet", "--out", str(out), "--model", "resnet8",
+                                        "--iterations", "400", *TINY), env=subprocess_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if (out / "checkpoints" / "last.pt").exists():
+                shutil.rmtree(out / "checkpoints")
+                break
+            time.sleep(0.01)
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        kill_and_wait(process_tree(process.pid))
+    assert process.returncode != 0 and not (out / "summary.json").exists()
+    assert [line for line in stderr.splitlines() if line.startswith("fspkd: error:")] != [], stderr[-2000:]

@@ -22,7 +22,7 @@ import yaml
 
 from fspkd.core.atomic import remove_stale_temporaries, write_failure, write_text_atomic
 from fspkd.core.config import RunConfig, load_yaml
-from fspkd.core.errors import FspkdError
+from fspkd.core.errors import FspkdError, TrainingError
 from fspkd.core.settings import resolve_config
 from fspkd.training import distributed
 from fspkd.training.build import build_run
@@ -50,14 +50,17 @@ def train(config: RunConfig | Mapping[str, Any] | None, out_dir: str | Path, *, 
     ctx = distributed.setup(device)
     try:
         summary = _train(config, Path(out_dir), resume, progress, ctx, on_metrics)
-    except FspkdError:
-        distributed.teardown(ctx)  # raised on every rank alike (input checks, any_rank): all reach the barrier
+    except FspkdError as err:
+        # set-up checks fail on every rank alike and all reach the barrier; an error in training may be this
+        # rank's alone (only rank 0 writes), so it leaves at once and torchrun then stops the others
+        distributed.teardown(ctx, wait=not isinstance(err, TrainingError))
         raise
     except BaseException:
         distributed.teardown(ctx, wait=False)
         raise
     distributed.teardown(ctx)
     return summary
+
 
 
 def _train(config, out: Path, resume: bool, progress: bool, ctx, on_metrics) -> dict:
@@ -87,6 +90,10 @@ def _train(config, out: Path, resume: bool, progress: bool, ctx, on_metrics) -> 
                 _release(out, claim, ctx)
                 raise
         return walk(run, Records(run, out, on_metrics), resume and (out / "checkpoints" / "last.pt").exists(), progress)
+    except FspkdError as err:
+        if isinstance(err, TrainingError):
+            raise
+        raise TrainingError(str(err)) from err
     finally:
         run.method.close()
 

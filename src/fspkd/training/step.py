@@ -17,13 +17,13 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from fspkd.core.config import Schedule
-from fspkd.core.errors import FspkdError
+from fspkd.core.errors import TrainingError
 from fspkd.distiller import make_optimizer  # noqa: F401  (the engine's optimisers are the Distiller's)
 from fspkd.training import distributed
 from fspkd.training.build import Run
 
 
-class NonFiniteLoss(FspkdError):
+class NonFiniteLoss(TrainingError):
     """The loss became NaN or infinite."""
 
 
