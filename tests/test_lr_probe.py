@@ -50,7 +50,7 @@ def test_the_probe_is_deterministic_and_leaves_student_and_rng_as_they_were(teac
     assert all(torch.equal(before[k], v) for k, v in run.student.state_dict().items())
     assert torch.equal(rng, torch.get_rng_state())
     other = lr_probe.choose_task_lr(build_run(probed(teacher, seed=1), distributed.setup("cpu")))
-    assert other.losses != first.losses  # the seed draws the probe's batches
+    assert other.losses != first.losses  # another seed: another student and other probe batches
 
 
 def test_the_probe_picks_the_rate_that_learns_over_one_too_low_and_one_that_diverges(teacher, tmp_path):
