@@ -34,26 +34,29 @@ def divisible(channels: float, divisor: int = 8) -> int:
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1,
-            act: bool = True) -> list[nn.Module]:
-    """Conv (no bias), BN and optionally ReLU6: the unit every part of the network is made of.
+            act: type[nn.Module] | None = nn.ReLU6) -> list[nn.Module]:
+    """Conv (no bias), BN and optionally an activation (ReLU6 here, ReLU in the CIFAR benchmarks' variant): the
+    unit every part of the network is made of.
 
-    ReLU6 is not in place, so that a tapped tensor is never overwritten by the next module.
+    The activation is not in place, so that a tapped tensor is never overwritten by the next module.
     """
     layers = [nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
               nn.BatchNorm2d(out_channels)]
-    return layers + [nn.ReLU6()] if act else layers
+    return layers + [act()] if act else layers
 
 
 class InvertedResidual(nn.Module):
-    """Expand (1x1, skipped when t = 1), depthwise 3x3 with the stride, linear 1x1 projection; residual add when
-    the shape is kept. No activation after the projection: the block's output is its own pre-activation map."""
+    """Expand (1x1), depthwise 3x3 with the stride, linear 1x1 projection; residual add when the shape is kept. No
+    activation after the projection: the block's output is its own pre-activation map. The expansion is skipped
+    at t = 1 as torchvision does, unless ``always_expand`` (the CIFAR benchmarks expand to an equal width)."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int,
+                 act: type[nn.Module] = nn.ReLU6, always_expand: bool = False):
         super().__init__()
         hidden = in_channels * expansion
-        layers = conv_bn(in_channels, hidden, 1) if expansion != 1 else []
-        layers += conv_bn(hidden, hidden, 3, stride, groups=hidden)
-        layers += conv_bn(hidden, out_channels, 1, act=False)
+        layers = conv_bn(in_channels, hidden, 1, act=act) if expansion != 1 or always_expand else []
+        layers += conv_bn(hidden, hidden, 3, stride, groups=hidden, act=act)
+        layers += conv_bn(hidden, out_channels, 1, act=None)
         self.conv = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_channels == out_channels
 

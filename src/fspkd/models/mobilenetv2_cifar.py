@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fspkd.models.mobilenetv2 import InvertedResidual, conv_bn
 from fspkd.models.registry import register_model
 from fspkd.models.sections import Section, SectionedNet, init_weights
 
@@ -25,35 +26,6 @@ LAST_CHANNELS = 1280
 SECTION_ROWS = ((0, 1), (2,), (3, 4), (5, 6))
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1):
-    """The convolution (no bias), BN and non-in-place ReLU triple the benchmarks use throughout."""
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(),
-    ]
-
-
-class InvertedResidual(nn.Module):
-    """1x1 expand, 3x3 depthwise, linear 1x1 project (no ReLU after it); identity shortcut where shapes allow."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: int):
-        super().__init__()
-        hidden = in_channels * expansion
-        # the benchmarks expand even at expansion 1 (a 1x1 conv of equal width), unlike torchvision
-        self.conv = nn.Sequential(
-            *conv_bn_relu(in_channels, hidden, 1),
-            *conv_bn_relu(hidden, hidden, 3, stride, groups=hidden),
-            nn.Conv2d(hidden, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
-        self.use_shortcut = stride == 1 and in_channels == out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv(x)
-        return x + out if self.use_shortcut else out
-
-
 class CifarMobileNetV2(SectionedNet):
     """Stride-2 stem, seven rows of inverted residuals, 1x1 conv to 1280 channels, average pool, linear."""
 
@@ -64,18 +36,18 @@ class CifarMobileNetV2(SectionedNet):
         self.arch = "mobilenetv2_cifar"
         channels = [int(c * width) for _, c, _, _ in ROWS]
         self.stem_channels = int(STEM_CHANNELS * width)
-        self.conv1 = nn.Sequential(*conv_bn_relu(3, self.stem_channels, 3, 2))
+        self.conv1 = nn.Sequential(*conv_bn(3, self.stem_channels, 3, 2, act=nn.ReLU))
         self.blocks = nn.ModuleList()
         in_channels = self.stem_channels
         for (row_expansion, _, count, stride), out_channels in zip(ROWS, channels):
             row = []
             for index in range(count):
                 row.append(InvertedResidual(in_channels, out_channels, stride if index == 0 else 1,
-                                            row_expansion or expansion))
+                                            row_expansion or expansion, act=nn.ReLU, always_expand=True))
                 in_channels = out_channels
             self.blocks.append(nn.Sequential(*row))
         last = int(LAST_CHANNELS * width) if width > 1.0 else LAST_CHANNELS
-        self.conv2 = nn.Sequential(*conv_bn_relu(in_channels, last, 1))
+        self.conv2 = nn.Sequential(*conv_bn(in_channels, last, 1, act=nn.ReLU))
         self.classifier = nn.Sequential(nn.Linear(last, num_classes))
         self.feature_info = [
             {"name": f"blocks.{rows[-1]}", "channels": channels[rows[-1]], "reduction": 2 * 2**i}
