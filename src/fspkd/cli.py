@@ -11,6 +11,7 @@ from pathlib import Path
 from fspkd.core.config import RunConfig, load_yaml, parse_value
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, name_schedule_fields, resolve_config
+from fspkd.experiments.study_cli import add_study_parser
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
 RUN_FLAGS = {
@@ -177,23 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "after it (the fast recipe's)")
     bench.set_defaults(handler=_bench)
     _add_reproduce(sub)
-    study = sub.add_parser("study", help="the fast-optimization study (docs/findings.md): "
-                           "scratch, FSP (paper / best), KD and FitNet students at equal task-stage budgets")
-    study.add_argument("--out", default="runs/study", help="output folder (default runs/study); rerun to resume")
-    study.add_argument("--data", default="cifar10:../shared/data/cifar10-train-jpg.tar.gz", help="data spec")
-    study.add_argument("--val-split", type=float, default=0.1, help="held-out fraction (default 0.1)")
-    study.add_argument("--normalize", default="imagenet", help="input normalisation of every arm (the teacher's)")
-    study.add_argument("--teacher", default="../shared/weights/resnet20-12fca82f.th", help="teacher checkpoint")
-    study.add_argument("--teacher-model", default="resnet20", help="the teacher's architecture")
-    study.add_argument("--model", default="resnet20", help="the students' architecture")
-    study.add_argument("--budgets", default="500", help="comma-separated task-stage iterations (default 500)")
-    study.add_argument("--arms", help="arms separated by ';', each a base arm (scratch, fsp-paper, fsp-best, kd, "
-                       "fitnet) optionally followed by :key=value,... overrides (default: the five base arms)")
-    study.add_argument("--students", type=int, default=3, help="students per arm (default 3)")
-    study.add_argument("--seed", type=int, default=0, help="seed of the split and of the first student")
-    study.add_argument("--report-only", action="store_true", help="rebuild report.md from finished runs")
-    study.add_argument("--quiet", action="store_true", help="no progress output")
-    study.set_defaults(handler=_study)
+    add_study_parser(sub)
     models = sub.add_parser("models", help="list the models with their sizes and FSP tap widths, to pick a pair")
     models.add_argument("--pairs", metavar="MODEL", help="the FSP sections and FitNet hint a dry run finds in MODEL")
     models.add_argument("--image-size", type=int, default=32, help="input size of the --pairs dry run")
@@ -419,20 +404,6 @@ def _reproduce(args) -> int:
     if results["failures"]:
         print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
         return 1
-def _study(args) -> int:
-    from fspkd.experiments.study import BASE_ARMS, run_study, write_report
-
-    arms = [a for a in args.arms.split(";") if a] if args.arms else list(BASE_ARMS)
-    budgets = [int(b) for b in args.budgets.split(",") if b]
-    base = {"data": args.data, "val_split": args.val_split, "normalize": args.normalize, "teacher": args.teacher,
-            "teacher_model": args.teacher_model, "model": args.model, "students": args.students, "seed": args.seed}
-    if args.report_only:
-        print(write_report(Path(args.out), arms, budgets))
-    else:
-        print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet))
-    return 0
-
-
 def _models(args) -> int:
     from fspkd.models.summary import found_sections, model_table
 

@@ -45,6 +45,14 @@ def time_to_accuracy(curve: Mapping[str, list], target: float) -> tuple[int, flo
     return next(((it, wall) for it, wall, acc in points if acc >= target), None)
 
 
+def reached_text(target: float, reached_wall: float | None, reference_wall: float, reference: str) -> str:
+    """Time to accuracy as the reports say it: "reached X% at N s, k times REFERENCE's wall"."""
+    if reached_wall is None:
+        return f"did not reach {target:.2f}%"
+    return (f"reached {target:.2f}% at {reached_wall:.0f} s, {reached_wall / reference_wall:.2f} times "
+            f"{reference}'s wall")
+
+
 def plot_training_curves(runs: Mapping[str, str | Path], path: str | Path, title: str = "") -> Path:
     """2x2 figure: held-out accuracy and task loss against iterations and against wall time, one line per run."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)

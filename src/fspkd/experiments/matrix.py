@@ -1,0 +1,173 @@
+"""``fspkd study --matrix``: the default FSP recipe against scratch, KD and FitNet over a fixed matrix of settings.
+
+A matrix (``matrix.yaml`` beside this module, or a user's file of the same shape) names teachers and cells. A
+cell is a teacher, a student architecture and task-stage budgets; every cell trains the study's arms (scratch, the
+default FSP recipe, KD, FitNet) with the same students, schedules and validation split. Scratch runs depend on the
+student alone, so cells that share a student share them.
+
+Each finished arm leaves one JSON result under ``results`` (accuracies, curves, wall times, core-hours, the
+settings it ran with), written the moment it ends; a re-run skips every arm that has one, so a matrix can be
+spread over several sittings and the results committed as they come. The report (``results/report.md``, with
+one table and one figure per cell) is built from those files alone.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+
+from fspkd.core.config import load_yaml
+from fspkd.core.errors import FspkdError
+from fspkd.core.settings import resolve_config
+from fspkd.experiments.study import EVALS_PER_STAGE, arm_config, student_curves
+
+ARMS = {"scratch": "scratch", "fsp": "fsp-best", "kd": "kd", "fitnet": "fitnet"}  # matrix arm -> study base arm
+RUN_KEYS = ("data", "val_split", "normalize", "students", "seed")
+
+
+def default_spec() -> Path:
+    return Path(str(resources.files("fspkd.experiments") / "matrix.yaml"))
+
+
+def load_spec(path: str | Path) -> dict:
+    """The matrix in ``path``, checked: every cell names a known teacher, a student and positive budgets."""
+    spec = load_yaml(Path(path))
+    for key in ("teachers", "cells", *RUN_KEYS):
+        if key not in spec:
+            raise FspkdError(f"{path}: the matrix needs a {key!r} entry")
+    for name, arm in enumerate(spec.get("arms", ARMS)):
+        if arm not in ARMS:
+            raise FspkdError(f"{path}: unknown arm {arm!r} (entry {name}); arms: {', '.join(ARMS)}")
+    for name, teacher in spec["teachers"].items():
+        if not isinstance(teacher, dict) or "model" not in teacher or ("weights" in teacher) == ("train" in teacher):
+            raise FspkdError(f"{path}: teacher {name!r} needs a model and either weights: FILE or train: SETTINGS")
+    for name, cell in spec["cells"].items():
+        if not isinstance(cell, dict) or cell.get("teacher") not in spec["teachers"] or "student" not in cell:
+            raise FspkdError(f"{path}: cell {name!r} needs a student and a teacher from: {', '.join(spec['teachers'])}")
+        budgets = cell.get("budgets")
+        if not budgets or not all(isinstance(b, int) and b > 0 for b in budgets):
+            raise FspkdError(f"{path}: cell {name!r} needs budgets, a list of positive task-stage iterations")
+    return spec
+
+
+def select_cells(spec: dict, cells: str | None) -> list[str]:
+    names = [c for c in (cells or "").split(",") if c] or list(spec["cells"])
+    unknown = [c for c in names if c not in spec["cells"]]
+    if unknown:
+        raise FspkdError(f"--cells: no cell {', '.join(unknown)}; the matrix has {', '.join(spec['cells'])}")
+    return names
+
+
+def shared_settings(spec: dict) -> dict:
+    """The settings every run of the matrix shares: data, split, normalisation, students, seed, and the optional
+    ``settings:`` mapping of further run settings (e.g. batch_size)."""
+    return {**{k: spec[k] for k in RUN_KEYS}, **(spec.get("settings") or {})}
+
+
+# -- where things live -----------------------------------------------------------------------------------------
+def arm_key(cell: str, student: str, budget: int, arm: str) -> str:
+    """The name of an arm's run folder and result file; scratch is keyed by its student, not its cell."""
+    return f"scratch-{student}-b{budget}" if arm == "scratch" else f"{cell}-b{budget}-{arm}"
+
+
+def teacher_folder(out: Path, name: str) -> Path:
+    return out / "teachers" / name
+
+
+# -- running -----------------------------------------------------------------------------------------------------
+def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress: bool = True) -> str:
+    """Train every arm of ``cells`` that has no result yet, writing each result as it ends; return the report."""
+    from fspkd.training.run import train
+
+    results.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        setting = spec["cells"][cell]
+        teacher = prepare_teacher(spec, setting["teacher"], out, results, progress)
+        base = {**shared_settings(spec), "model": setting["student"], **teacher}
+        for budget in setting["budgets"]:
+            for arm in spec.get("arms", list(ARMS)):
+                key = arm_key(cell, setting["student"], budget, arm)
+                if (results / f"{key}.json").exists():
+                    continue
+                if progress:
+                    print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
+                config = arm_config(ARMS[arm], budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)})
+                started = time.perf_counter()
+                if not (out / key / "summary.json").exists():
+                    train(config, out / key, resume=True, progress=progress)
+                write_result(results / f"{key}.json", out / key, time.perf_counter() - started)
+    return write_matrix_report(spec, results)
+
+
+def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: bool) -> dict:
+    """The teacher settings of the runs of a cell; a ``train:`` teacher is trained first (once) and recorded."""
+    from fspkd.training.run import train
+
+    teacher = spec["teachers"][name]
+    if "weights" in teacher:
+        return {"teacher": teacher["weights"], "teacher_model": teacher["model"]}
+    folder = teacher_folder(out, name)
+    record = results / f"teacher-{name}.json"
+    if not record.exists():
+        given = {**shared_settings(spec), "students": 1, "method": "plain", "model": teacher["model"],
+                 "task": teacher["train"], "eval_every": teacher.get("eval_every", 500)}
+        if progress:
+            print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
+        started = time.perf_counter()
+        if not (folder / "summary.json").exists():
+            train(resolve_config(given), folder, resume=True, progress=progress)
+        write_result(record, folder, time.perf_counter() - started)
+    return {"teacher": str(folder / "final.pt"), "teacher_model": None}
+
+
+def write_result(path: Path, folder: Path, elapsed_s: float) -> dict:
+    """One finished run as a JSON result: per-student accuracies and curves, ensemble, wall times and cost."""
+    import torch
+
+    summary = json.loads((folder / "summary.json").read_text())
+    config = load_yaml(folder / "config.yaml")
+    curves = student_curves(folder)
+    finals = [s["val_acc"] for s in summary["per_student"]]
+    threads = torch.get_num_threads()
+    result = {
+        "run": str(folder), "method": summary["method"], "model": summary["model"], "teacher": summary["teacher"],
+        "finals": finals, "mean": statistics.mean(finals),
+        "std": statistics.stdev(finals) if len(finals) > 1 else None,
+        "ensemble": summary.get("ensemble_val_acc"), "task_lr": summary.get("task_lr"),
+        "stages": summary["stages"], "training_wall_s": summary["total_wall_s"],
+        "curves": curves,
+        "elapsed_s": elapsed_s if elapsed_s > 1 else None,  # None: the run had finished before (adopted as it is)
+        "threads": threads,
+        "core_hours": (max(elapsed_s, summary["total_wall_s"]) * threads) / 3600,
+        "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
+        "config": config,
+    }
+    path.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+def load_results(results: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+
+
+def write_matrix_report(spec: dict, results: Path) -> str:
+    """``results/report.md``: per cell and budget, one table and one figure, from the result files."""
+    from fspkd.experiments.matrix_report import cell_section, teacher_table
+
+    found = load_results(results)
+    sections = [teacher_table(spec, found)]
+    for cell, setting in spec["cells"].items():
+        for budget in setting["budgets"]:
+            arms = {arm: found.get(arm_key(cell, setting["student"], budget, arm)) for arm in spec.get("arms", ARMS)}
+            sections.append(cell_section(cell, setting, budget, arms, results / "figures"))
+    text = "# Settings matrix: results\n\nWritten by `fspkd study --matrix` from the result files beside it.\n\n"
+    text += "\n".join(sections)
+    (results / "report.md").write_text(text)
+    return text
+

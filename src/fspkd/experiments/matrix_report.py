@@ -1,0 +1,123 @@
+"""The settings matrix's report: per cell and budget a table, a figure and the default recipe's two criteria.
+
+The criteria, read from the result files: the default FSP arm's mean is at or above scratch's mean minus
+scratch's standard deviation, and where a cell names ``gain_to_keep`` (FSP's gain over scratch before the recipe
+changed), at least 90% of that gain is kept.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fspkd.experiments.report import markdown_table, reached_text  # noqa: E402
+
+KEPT_FRACTION = 0.9
+
+
+def teacher_table(spec: dict, found: dict[str, dict]) -> str:
+    rows = []
+    for name, teacher in spec["teachers"].items():
+        result = found.get(f"teacher-{name}")
+        if "weights" in teacher:
+            rows.append([name, teacher["model"], f"file `{teacher['weights']}`", "-", "-", "-"])
+        elif result:
+            its = result["stages"]["task"]["iterations"]
+            rows.append([name, teacher["model"], f"trained here, {its} iterations", f"{result['mean']:.2f}",
+                         round(result["training_wall_s"]), f"{result['core_hours']:.2f}"])
+    header = ["teacher", "model", "source", "val acc (%)", "training wall (s)", "core-hours"]
+    return "## Teachers\n\n" + markdown_table(header, rows) + "\n"
+
+
+def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | None], figures: Path) -> str:
+    title = f"## Cell ({cell}) {setting['teacher']} -> {setting['student']}, {budget} task-stage iterations"
+    done = {arm: r for arm, r in arms.items() if r}
+    missing = [arm for arm, r in arms.items() if not r]
+    if not done:
+        return f"{title}\n\nNot run yet.\n"
+    scratch = done.get("scratch")
+    target = scratch["mean"] if scratch else None
+    reference_wall = _mean_wall(scratch) if scratch else None
+    rows = []
+    for arm, r in done.items():
+        gain = None if scratch is None else r["mean"] - scratch["mean"]
+        reach = "-" if scratch is None or arm == "scratch" else reached_text(
+            target, _mean_reach(r, target), reference_wall, "scratch")
+        rows.append([arm, _mean_std(r), " / ".join(f"{v:.2f}" for v in r["finals"]),
+                     None if gain is None else f"{gain:+.2f}", r["ensemble"],
+                     r["task_lr"] if arm == "fsp" else "-", round(_mean_wall(r)), reach, f"{r['core_hours']:.2f}"])
+    header = ["arm", "val acc (%) mean ± std", "per student", "vs scratch", "ensemble", "task lr",
+              "wall per student (s, stage 1 incl.)", "time to scratch's final mean", "core-hours"]
+    cost = sum(r["core_hours"] for arm, r in done.items() if arm != "scratch")
+    lines = [title, "", markdown_table(header, rows), "",
+             f"Cost: {cost:.2f} core-hours for the cell's own arms"
+             + (f", {scratch['core_hours']:.2f} for scratch (shared by the cells with this student)." if scratch
+                else "."),
+             *criteria(setting, budget, done)]
+    if missing:
+        lines.append(f"Not run yet: {', '.join(missing)}.")
+    figure = plot_cell(done, figures / f"cell-{cell}-b{budget}.png", title.removeprefix("## "))
+    lines += ["", f"![cell {cell} at {budget}](figures/{figure.name})", ""]
+    return "\n".join(lines)
+
+
+def criteria(setting: dict, budget: int, done: dict[str, dict]) -> list[str]:
+    """The default recipe's two criteria in this cell, as sentences that say met or not met."""
+    fsp, scratch = done.get("fsp"), done.get("scratch")
+    if not (fsp and scratch):
+        return []
+    floor = scratch["mean"] - (scratch["std"] or 0.0)
+    lines = [f"- FSP at or above scratch's mean minus one std ({floor:.2f}): "
+             f"{'met' if fsp['mean'] >= floor else 'NOT met'} ({fsp['mean']:.2f})."]
+    gain_to_keep = (setting.get("gain_to_keep") or {}).get(budget)
+    if gain_to_keep is not None:
+        gain = fsp["mean"] - scratch["mean"]
+        lines.append(f"- {KEPT_FRACTION:.0%} of the earlier gain of {gain_to_keep:.2f} points kept: "
+                     f"{'met' if gain >= KEPT_FRACTION * gain_to_keep else 'NOT met'} ({gain:+.2f}, "
+                     f"{gain / gain_to_keep:.0%}).")
+    return lines
+
+
+def _mean_std(r: dict) -> str:
+    return f"{r['mean']:.2f} ± {r['std']:.2f}" if r["std"] is not None else f"{r['mean']:.2f}"
+
+
+def _mean_wall(r: dict) -> float:
+    return statistics.mean(c["wall_s"][-1] for c in r["curves"])
+
+
+def _mean_reach(r: dict, target: float) -> float | None:
+    """Mean wall seconds (stage 1 included) at which the students first reached ``target``; None unless all did."""
+    walls = [next((w for w, acc in zip(c["wall_s"], c["val_acc"]) if acc >= target), None) for c in r["curves"]]
+    return None if None in walls else statistics.mean(walls)
+
+
+def plot_cell(done: dict[str, dict], path: Path, title: str) -> Path:
+    """Mean validation accuracy over the students against task-stage iterations and against wall time (stage 1
+    included); the band spans the students' minimum to maximum."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for arm, r in done.items():
+        curves = r["curves"]
+        length = min(len(c["val_acc"]) for c in curves)
+        accs = [[c["val_acc"][i] for c in curves] for i in range(length)]
+        mean = [statistics.mean(a) for a in accs]
+        walls = [statistics.mean(c["wall_s"][i] for c in curves) for i in range(length)]
+        for ax, x in ((axes[0], curves[0]["iteration"][:length]), (axes[1], walls)):
+            line, = ax.plot(x, mean, marker=".", label=arm)
+            ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
+    axes[0].set_xlabel("task-stage iterations")
+    axes[1].set_xlabel("training wall time per student (s, stage 1 included)")
+    for ax in axes:
+        ax.set_ylabel("validation accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,71 @@
+"""The settings matrix: every arm of every cell, results written per arm, scratch shared, re-runs skip."""
+
+import json
+
+import pytest
+
+from fspkd.cli import main
+from fspkd.core.errors import FspkdError
+from fspkd.experiments import matrix
+
+SPEC = """
+data: synthetic:320,100
+val_split: 0.1
+normalize: dataset
+students: 2
+seed: 0
+settings: {batch_size: 32}
+arms: [scratch, fsp, kd]
+teachers:
+  small: {model: resnet8, train: {iterations: 6, lr: 0.05}, eval_every: 3}
+cells:
+  x: {teacher: small, student: resnet8, budgets: [4], gain_to_keep: {4: 1.0}}
+  y: {teacher: small, student: resnet8, budgets: [4]}
+"""
+
+
+def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, monkeypatch):
+    (tmp_path / "m.yaml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
+    names = sorted(p.stem for p in (tmp_path / "results").glob("*.json"))
+    assert names == ["scratch-resnet8-b4", "teacher-small", "x-b4-fsp", "x-b4-kd", "y-b4-fsp", "y-b4-kd"]
+    fsp = json.loads((tmp_path / "results" / "x-b4-fsp.json").read_text())
+    assert len(fsp["finals"]) == 2 and len(fsp["curves"]) == 2 and fsp["core_hours"] > 0
+    assert fsp["config"]["method"] == "fsp" and fsp["config"]["task"]["iterations"] == 4
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "## Cell (x) small -> resnet8, 4 task-stage iterations" in report
+    assert report.count("| fsp |") == 2 and "at or above scratch's mean minus one std" in report
+    assert "earlier gain of 1.00 points kept" in report  # only cell x names a gain to keep
+    assert (tmp_path / "results" / "figures" / "cell-y-b4.png").stat().st_size > 0
+
+    # a re-run trains nothing: every arm has its result
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished arm was trained again")
+    monkeypatch.setattr("fspkd.training.run.train", refuse)
+    assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
+    # a deleted result is rebuilt from its finished run folder, still without training
+    (tmp_path / "results" / "y-b4-kd.json").unlink()
+    assert main(["study", "--matrix", "m.yaml", "--cells", "y", "--out", "runs", "--results", "results",
+                 "--quiet"]) == 0
+    assert json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())["finals"]
+
+
+@pytest.mark.parametrize("change, words", [
+    ("cells:\n  x: {teacher: big, student: resnet8, budgets: [4]}\n", "cell 'x' needs a student and a teacher"),
+    ("cells:\n  x: {teacher: small, student: resnet8, budgets: [0]}\n", "positive task-stage iterations"),
+    ("arms: [scratch, dream]\n", "unknown arm 'dream'"),
+])
+def test_a_bad_matrix_is_refused_in_one_line(tmp_path, change, words):
+    head, _, _ = SPEC.partition("cells:" if change.startswith("cells") else "arms:")
+    rest = "" if change.startswith("cells") else SPEC[SPEC.index("teachers:"):]
+    (tmp_path / "m.yaml").write_text(head + change + rest)
+    with pytest.raises(FspkdError, match=words):
+        matrix.load_spec(tmp_path / "m.yaml")
+
+
+def test_the_shipped_matrix_names_the_issue_cells():
+    spec = matrix.load_spec(matrix.default_spec())
+    assert list(spec["cells"]) == ["a", "b", "c", "d", "e"]
+    with pytest.raises(FspkdError, match="no cell z"):
+        matrix.select_cells(spec, "a,z")
