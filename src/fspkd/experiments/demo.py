@@ -28,7 +28,7 @@ import torch
 from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import DEFAULT_FSP_RECIPE, resolve_config
-from fspkd.experiments.report import curves, markdown_table, plot_training_curves, time_to_accuracy
+from fspkd.experiments.report import curves, markdown_table, plot_training_curves, reached_text, time_to_accuracy
 from fspkd.training.inference import evaluate_checkpoints
 from fspkd.training.run import train
 
@@ -201,14 +201,14 @@ def time_sentence(results: dict) -> str:
     """One plain sentence: when FSP reached the full-schedule scratch student's accuracy, against its wall time."""
     target = results["target"]
     fsp = next(r for r in results["runs"] if r["run"] == "fsp")
-    if fsp["reached_full_at"] is None:
-        return (f"FSP did not reach the {target['run']} student's {target['test_acc']:.2f}% within its budget: it "
-                f"ended at {fsp['test_acc']:.2f}% after {fsp['wall_s']:.0f} s of training "
-                f"({100 * fsp['wall_s'] / target['wall_s']:.0f}% of that student's {target['wall_s']:.0f} s).")
     at = fsp["reached_full_at"]
-    return (f"FSP reached the {target['run']} student's accuracy ({target['test_acc']:.2f}%) after {at['wall_s']:.0f} s "
-            f"of training, stage 1 included: {100 * at['wall_s'] / target['wall_s']:.0f}% of that student's "
-            f"{target['wall_s']:.0f} s ({at['iteration']} iterations against {target['iterations']}).")
+    said = reached_text(target["test_acc"], at and at["wall_s"], target["wall_s"], f"the {target['run']} student")
+    if at is None:
+        return (f"FSP {said}, the {target['run']} student's accuracy, within its budget: it ended at "
+                f"{fsp['test_acc']:.2f}% after {fsp['wall_s']:.0f} s of training "
+                f"({fsp['wall_s'] / target['wall_s']:.2f} times that student's {target['wall_s']:.0f} s).")
+    return (f"FSP {said}, the {target['run']} student's accuracy (training time, stage 1 included; "
+            f"{at['iteration']} iterations against {target['iterations']}).")
 
 
 def _report(results: dict) -> str:

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from fspkd.core.config import RunConfig, load_yaml, parse_value  # noqa: E402
 from fspkd.core.errors import FspkdError  # noqa: E402
 from fspkd.core.settings import name_schedule_fields, resolve_config  # noqa: E402
-from fspkd.experiments.report import markdown_table  # noqa: E402
+from fspkd.experiments.report import markdown_table, reached_text  # noqa: E402
 from fspkd.methods import get_method  # noqa: E402
 from fspkd.training.runlog import read_metrics  # noqa: E402
 
@@ -104,7 +104,7 @@ def run_dir(out: Path, budget: int, arm: str) -> Path:
 
 
 def run_study(out: Path, arms: list[str], budgets: list[int], base: Mapping[str, Any],
-              progress: bool = True) -> str:
+              progress: bool = True, reference: str | None = None) -> str:
     """Train (or finish) every arm at every budget under ``out``; write ``out/report.md``; return its text."""
     from fspkd.training.run import train
 
@@ -114,7 +114,7 @@ def run_study(out: Path, arms: list[str], budgets: list[int], base: Mapping[str,
             if progress:
                 print(f"== budget {budget}: {arm}", flush=True)
             train(arm_config(arm, budget, base_b), run_dir(out, budget, arm), resume=True, progress=progress)
-    return write_report(out, arms, budgets)
+    return write_report(out, arms, budgets, reference)
 
 
 # -- results -----------------------------------------------------------------------------------------------------
@@ -154,10 +154,16 @@ def first_reaching(curve: dict, target: float) -> int | None:
     return next((it for it, acc in zip(curve["iteration"], curve["val_acc"]) if acc >= target), None)
 
 
+def first_reaching_wall(curve: dict, target: float) -> float | None:
+    """The wall seconds (stage 1 included) of the first evaluation at or above ``target``."""
+    return next((w for w, acc in zip(curve["wall_s"], curve["val_acc"]) if acc >= target), None)
+
+
 def summarize(folder: Path, target: float | None) -> dict:
     curves = student_curves(folder)
     finals = [c["val_acc"][-1] for c in curves]
     reached = [first_reaching(c, target) for c in curves] if target is not None else []
+    walls = [first_reaching_wall(c, target) for c in curves] if target is not None else []
     return {
         "students": len(curves),
         "mean": statistics.mean(finals),
@@ -166,29 +172,38 @@ def summarize(folder: Path, target: float | None) -> dict:
         "stage1_wall_s": curves[0]["stage1_wall_s"],
         "task_wall_s": statistics.mean(c["wall_s"][-1] - c["stage1_wall_s"] for c in curves),
         "reached": reached,
+        "reached_wall_s": None if not walls or None in walls else statistics.mean(walls),
+        "wall_s": statistics.mean(c["wall_s"][-1] for c in curves),
     }
 
 
-def write_report(out: Path, arms: list[str], budgets: list[int]) -> str:
+def write_report(out: Path, arms: list[str], budgets: list[int], reference: str | None = None) -> str:
     """Tables (mean +/- std per arm) and figures from the students that finished (a run still going counts the
-    students it has finished, marked "k of n")."""
+    students it has finished, marked "k of n"). Time to accuracy is measured against ``reference``'s final mean
+    accuracy and wall time (default: the scratch arm)."""
+    if reference is not None and reference not in arms:
+        raise FspkdError(f"--reference {reference!r} is not one of the study's arms: {'; '.join(arms)}")
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     sections = []
     finished = _finished_runs(out, arms, budgets)
     for budget, done in finished.items():
-        scratch = next((folder for arm, folder in done.items() if is_reference_scratch(arm)), None)
-        target = summarize(scratch, None)["mean"] if scratch else None
+        ref_arm = reference or next((arm for arm in done if is_reference_scratch(arm)), None)
+        ref = summarize(done[ref_arm], None) if ref_arm in done else None
+        target = ref["mean"] if ref else None
         rows = []
         for arm, folder in done.items():
             s = summarize(folder, target)
             planned = RunConfig.from_dict(load_yaml(folder / "config.yaml")).students
             count = s["students"] if s["students"] == planned else f"{s['students']} of {planned}"
+            reach = "-" if ref is None or arm == ref_arm else reached_text(
+                target, s["reached_wall_s"], ref["wall_s"], arm_label(ref_arm))
             rows.append([arm_label(arm), count, _mean_text(s),
                          " / ".join(f"{v:.2f}" for v in s["finals"]), round(s["stage1_wall_s"]),
-                         round(s["task_wall_s"]), _reached_text(s["reached"])])
+                         round(s["task_wall_s"]), _reached_text(s["reached"]), reach])
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
-                  "task-stage wall per student (s)", "task-stage its to scratch's final mean"]
+                  "task-stage wall per student (s)", "task-stage its to the reference's final mean",
+                  "time to the reference's final mean (wall per student, stage 1 incl.)"]
         plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
         sections.append(f"### Budget {budget}\n\n{markdown_table(header, rows)}\n\n![budget {budget}]"
                         f"(figures/{plot.name})\n\n{_distance_table(done)}")

@@ -19,6 +19,8 @@ def add_study_parser(sub) -> None:
             ("--budgets", "500", "comma-separated task-stage iterations (default 500)"),
             ("--arms", None, "arms separated by ';', each a base arm (scratch, fsp-paper, fsp-best, kd, fitnet) "
              "optionally followed by :key=value,... overrides (default: the five base arms)"),
+            ("--reference", None, "the arm whose final mean accuracy and wall time the others' time to accuracy "
+             "is measured against (default: scratch)"),
             ("--cells", None, "with --matrix: comma-separated cells to run (default: all)"),
             ("--results", "docs/matrix", "with --matrix: folder of the per-arm result files and report.md")):
         study.add_argument(flag, default=default, help=text)
@@ -43,9 +45,9 @@ def _study(args) -> int:
     base = {"data": args.data, "val_split": args.val_split, "normalize": args.normalize, "teacher": args.teacher,
             "teacher_model": args.teacher_model, "model": args.model, "students": args.students, "seed": args.seed}
     if args.report_only:
-        print(write_report(Path(args.out), arms, budgets))
+        print(write_report(Path(args.out), arms, budgets, args.reference))
     else:
-        print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet))
+        print(run_study(Path(args.out), arms, budgets, base, progress=not args.quiet, reference=args.reference))
     return 0
 
 
