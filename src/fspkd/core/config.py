@@ -106,7 +106,9 @@ class RunConfig:
     task_lr_candidates: list[float] = field(default_factory=list)
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
     # stored teacher FSP (fspkd.accel.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
-    stored_fsp: bool = False  # compute the teacher's FSP once per image and view, reuse across runs
+    # true: compute the teacher's FSP once per image and view, reuse across runs; auto: where that costs no more
+    # than running the teacher live (the rule: fspkd.accel.fsp_store.store_pays)
+    stored_fsp: bool | str = "auto"
     stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)
     compile_teacher: bool = False  # torch.compile the live FSP teacher (costs a compilation at start)
@@ -167,6 +169,8 @@ class RunConfig:
         if self.stored_fsp_views < 1 or self.stored_fsp_dtype not in ("float16", "float32"):
             raise FspkdError(f"stored_fsp_views must be >= 1 and stored_fsp_dtype float16 or float32, got "
                              f"{self.stored_fsp_views} and {self.stored_fsp_dtype!r}")
+        if isinstance(self.stored_fsp, str) and self.stored_fsp != "auto":
+            raise FspkdError(f"stored_fsp must be true, false or auto, got {self.stored_fsp!r}")
         if self.log not in ("csv", "tensorboard", "wandb"):
             raise FspkdError(f"log must be csv, tensorboard or wandb, got {self.log!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -200,6 +204,7 @@ def _validate_schedule(name: str, schedule: Schedule) -> None:
 # would not tell a user what to write.
 TYPE_WORDS = {
     "augment": "true, false or null (null: the data set's default)",
+    "stored_fsp": "true, false or auto",
     "fsp_pairs": "a list of [first tap, second tap] pairs such as [[layer1, layer2]] (the flag --fsp-pairs takes "
                  "'layer1>layer2')",
     "teacher_fsp_pairs": "a list of [first tap, second tap] pairs such as [[layer1, layer2]]",

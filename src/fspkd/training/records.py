@@ -202,6 +202,7 @@ class Records:
             stage_stats=self.stage_stats,
             extra={name: m.state_dict() for name, m in self.run.method.extra_modules(stage).items()},
             task_lr=self.run.method.task_lr,
+            stored_fsp=self.run.method.uses_stored_fsp,
         )
         save_checkpoint(self.last_state, payload)
 
@@ -227,6 +228,8 @@ class Records:
         summary["stages"] = {name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
                              for name, s in self.stage_stats.items()}
         summary["task_lr"] = self.run.method.schedule("task").lr
+        if self.run.method.uses_stored_fsp is not None:  # FSP: stage 1 read stored teacher FSP (or ran it live)
+            summary["stored_fsp"] = self.run.method.uses_stored_fsp
         summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
         summary["total_wall_s"] = self.wall
         summary["eval_wall_s"] = sum(s.get("eval_s", 0.0) for s in self.stage_stats.values())
