@@ -52,6 +52,7 @@ def fails_in_one_line(capsys, argv: list[str], pattern: str) -> str:
     ("task: {iterations: '5'}", r"run\.yaml, task: iterations must be an integer, got '5'"),
     ("task: {milestones: 5}", r"run\.yaml, task: milestones must be a list of integers, got 5"),
     ("method: [fsp]", r"run\.yaml: method must be a string, got \['fsp'\]"),
+    ("eval_images: all", r"run\.yaml: eval_images must be an integer, got 'all' \(str\)"),
 ])
 def test_yaml_values_of_the_wrong_type_are_named_with_their_file(capsys, tmp_path, yaml_text, pattern):
     config = tmp_path / "run.yaml"
@@ -71,6 +72,7 @@ def test_yaml_values_of_the_wrong_type_are_named_with_their_file(capsys, tmp_pat
     (["--clip-grad", "nan"], r"task\.clip_grad must be a finite number >= 0 \(0 = no clipping\), got nan"),
     (["--seed", "-1"], r"seed must be an integer in \[0, 2\*\*63\), got -1"),
     (["--image-size", "0"], r"image_size must be a positive integer, got 0"),
+    (["--eval-images", "-1"], r"eval_images must be an integer >= 0 \(0 = the whole split\), got -1"),
     (["--task-lr-candidates", "0.1,inf"], r"task_lr_candidates must be finite learning rates > 0, got inf"),
 ])
 def test_meaningless_numbers_are_refused_before_anything_is_written(capsys, tmp_path, flags, pattern):

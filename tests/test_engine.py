@@ -181,3 +181,41 @@ def test_split_seed_fixes_the_validation_split_while_seed_varies(tmp_path, monke
     train(tiny(seed=3, split_seed=0, task=Schedule(iterations=1, milestones=[])), tmp_path / "a", progress=False)
     train(tiny(seed=3, task=Schedule(iterations=1, milestones=[])), tmp_path / "b", progress=False)
     assert drawn == [0, 3]
+
+
+@pytest.fixture
+def evaluated(monkeypatch):
+    """The number of images of every held-out evaluation the run makes, in order."""
+    from fspkd.training import records
+
+    sizes, original = [], records.predict
+
+    def record(model, images, *args, **kwargs):
+        sizes.append(len(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(records, "predict", record)
+    return sizes
+
+
+def test_cadence_evaluations_take_eval_images_and_the_final_one_the_whole_splits(tmp_path, evaluated):
+    from fspkd.training.inference import evaluate_checkpoints
+
+    summary = train(tiny(eval_images=20), tmp_path / "run", progress=False)
+    # cadence evaluations at 4 and 6 over 20 images of val (30) and test (100); the final one over all of them
+    assert evaluated == [20, 20, 20, 20, 30, 100]
+    rows = read_rows(tmp_path / "run" / "metrics.csv")
+    assert [(r["iteration"], r["eval_images"]) for r in rows if r["val_acc"]] == [("4", "20"), ("6", "20")]
+    assert all(not r["eval_images"] for r in rows if not r["val_acc"])
+    for split in ("val", "test"):
+        whole = evaluate_checkpoints([tmp_path / "run" / "final.pt"], data="synthetic:320,100", split=split,
+                                     val_split=0.1, seed=0)
+        assert summary[f"{split}_acc"] == whole["networks"][0]["accuracy"]
+    assert summary["eval_wall_s"] == summary["stages"]["task"]["eval_s"] > 0
+    assert summary["total_wall_s"] == summary["stages"]["task"]["wall_s"]  # optimiser steps only
+
+
+def test_eval_images_0_evaluates_the_whole_splits_every_time(tmp_path, evaluated):
+    train(tiny(eval_images=0, task=Schedule(iterations=4, lr=0.05)), tmp_path / "run", progress=False)
+    assert evaluated == [30, 100, 30, 100]
+    assert [r["eval_images"] for r in read_rows(tmp_path / "run" / "metrics.csv") if r["val_acc"]] == ["100"]

@@ -173,3 +173,91 @@ def test_a_compiled_teacher_gives_the_eager_teacher_s_matrices():
     compiled = make_method(compile_teacher=True).live_teacher_matrices(images)
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# -- stored_fsp: auto ----------------------------------------------------------------------------------------------
+
+def test_the_store_pays_from_as_many_stage1_forwards_as_its_build_takes(tmp_path):
+    method = make_method()
+
+    def pays(loader, forwards):
+        return fsp_store.store_pays(method.teacher, method.teacher_pairs, loader, forwards, views=3,
+                                    dtype="float32", folder=tmp_path)[0]
+
+    augmented, plain = make_loader(make_images()), make_loader(make_images(), augment=False)
+    assert not pays(augmented, 48 * 3 - 1) and pays(augmented, 48 * 3)  # 48 images x 3 views
+    assert not pays(plain, 47) and pays(plain, 48)  # one view: the image itself
+    bind(method, augmented, tmp_path)
+    assert pays(augmented, 1)  # built: free from then on
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from fspkd.training.run import train
+
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    train(RunConfig(data="synthetic:320,100", model="resnet8", batch_size=32, eval_every=4,
+                    task=Schedule(iterations=4, lr=0.05)), out, progress=False)
+    return out
+
+
+def auto(teacher_run, stage1_iterations: int, **overrides) -> RunConfig:
+    """An FSP run with stored_fsp auto. 320 training images x 1 view: the store's build takes as many teacher
+    forwards as a stage 1 of 10 steps of 32 images."""
+    config = RunConfig(data="synthetic:320,100", model="resnet8", batch_size=32, eval_every=4, augment=True,
+                       method="fsp", teacher=str(teacher_run), stored_fsp_views=1, stored_fsp_dtype="float32",
+                       stage1=Schedule(iterations=stage1_iterations, lr=1e-4), task=Schedule(iterations=2, lr=0.05))
+    return dataclasses.replace(config, **overrides)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FSPKD_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "fsp-targets"
+
+
+def test_auto_runs_a_short_stage1_live_a_long_one_stored_and_then_reuses_the_store(teacher_run, tmp_path, cache):
+    from fspkd.training.run import train
+
+    assert train(auto(teacher_run, 9), tmp_path / "short", progress=False)["stored_fsp"] is False
+    assert not list(cache.glob("*.npy"))
+    assert train(auto(teacher_run, 10), tmp_path / "long", progress=False)["stored_fsp"] is True
+    assert len(store_files(cache)) == 1
+    assert train(auto(teacher_run, 9, seed=1), tmp_path / "again", progress=False)["stored_fsp"] is True
+
+
+def test_auto_runs_live_where_the_store_cannot_serve_and_true_keeps_its_error(teacher_run, tmp_path, cache):
+    from fspkd.training.run import train
+
+    # the store serves whole loader batches, not micro-batches
+    assert train(auto(teacher_run, 10, micro_batches=2), tmp_path / "auto", progress=False)["stored_fsp"] is False
+    assert not list(cache.glob("*.npy"))
+    with pytest.raises(FspkdError, match="loader bound to the store"):
+        train(auto(teacher_run, 10, micro_batches=2, stored_fsp=True), tmp_path / "true", progress=False)
+    kd = train(auto(teacher_run, 10, method="kd", stage1=None), tmp_path / "kd", progress=False)
+    assert "stored_fsp" not in kd
+
+
+def test_a_resumed_run_keeps_the_decision_made_at_its_start(teacher_run, tmp_path, cache, monkeypatch):
+    from interrupts import train_until_interrupted
+
+    from fspkd.core.checkpoint import load_checkpoint
+    from fspkd.training.run import train
+
+    config = auto(teacher_run, 9)  # live: no store yet, fewer forwards than its build
+    train(config, tmp_path / "straight", progress=False)
+    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=6)  # after the checkpoint at 4
+    train(auto(teacher_run, 10), tmp_path / "other", progress=False)  # meanwhile the store is built
+    summary = train(config, tmp_path / "resumed", resume=True, progress=False)
+    assert summary["stored_fsp"] is False
+    a, b = (load_checkpoint(tmp_path / run / "final.pt")["model"] for run in ("straight", "resumed"))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_a_run_saved_with_a_choice_resumes_under_auto_and_keeps_it(teacher_run, tmp_path, cache):
+    from fspkd.training.run import train
+
+    chosen = train(auto(teacher_run, 2, stored_fsp=False), tmp_path / "run", progress=False)
+    assert train(auto(teacher_run, 2), tmp_path / "run", resume=True, progress=False) == chosen
+    with pytest.raises(FspkdError, match="differ .* in stored_fsp"):
+        train(auto(teacher_run, 2, stored_fsp=True), tmp_path / "run", resume=True, progress=False)

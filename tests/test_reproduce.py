@@ -147,7 +147,7 @@ def test_stored_fsp_runs_fill_the_stored_timing_slot(tmp_path):
     timing = results["timing"]
     assert timing["stage1_stored_run"] == "fsp" and timing["stage1_live_s_per_100_it"] is None
     assert timing["stage1_stored_s_per_100_it"] == summary(tmp_path, "fsp")["stages"]["stage1"]["s_per_100_it"]
-    assert "every FSP run used --set stored_fsp=true" in (tmp_path / "report.md").read_text()
+    assert "every FSP run read stored teacher FSP" in (tmp_path / "report.md").read_text()
 
 
 def test_a_diverged_run_is_reported_and_the_others_finish(tmp_path, capsys):

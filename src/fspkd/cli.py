@@ -25,6 +25,8 @@ RUN_FLAGS = {
     "--split-seed": ("split_seed", int, "seed of the --val-split hold-out (default: --seed), to vary --seed on "
                      "one validation split"),
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
+    "--eval-images": ("eval_images", int, "held-out images per split in those evaluations (default 512; 0 = all); "
+                      "the evaluation that ends the run (summary.json) takes all"),
     "--model": ("model", str, "the student: a name from 'fspkd models' or your package.module:factory"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
     "--log": ("log", str, "csv (default: metrics.csv only) | tensorboard | wandb (extras fspkd[tensorboard|wandb])"),
@@ -114,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                          default=argparse.SUPPRESS)
     distill.add_argument("--stored-fsp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="stage 1 reads the teacher's FSP matrices from a store built once (in the data cache) "
-                         "instead of running the teacher")
+                         "instead of running the teacher; default (auto): where the store exists or costs no more "
+                         "teacher passes than stage 1 (docs/performance.md)")
     distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
     distill.add_argument("--fsp-pre-relu", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -329,11 +332,12 @@ def _bench(args) -> int:
     import torch
 
     from fspkd.experiments.bench import format_table, run_bench
+    from fspkd.models import list_models
 
     pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
     if not pairs or any(len(p) != 2 or not all(p) for p in pairs):
         raise FspkdError(f"--pairs expects 'teacher:student,teacher:student', got {args.pairs!r}")
-    unknown = sorted({name for pair in pairs for name in pair} - set(_list_models()))
+    unknown = sorted({name for pair in pairs for name in pair} - set(list_models()))
     if unknown:
         raise FspkdError(f"--pairs: unknown model {unknown[0]!r}; see 'fspkd models'")
     for flag in ("batch_size", "repeats", "steps", "threads"):
@@ -409,12 +413,6 @@ def _models(args) -> int:
 
     print(found_sections(args.pairs, args.image_size) if args.pairs else model_table())
     return 0
-
-
-def _list_models() -> list[str]:
-    from fspkd.models import list_models
-
-    return list_models()
 
 
 if __name__ == "__main__":

@@ -83,17 +83,50 @@ def stored_targets(teacher: torch.nn.Module, teacher_fn: TeacherFn, pairs, loade
                    dtype: str = "float16", folder: str | Path | None = None) -> StoredTargets:
     """Open (building it first if needed) the store of ``teacher`` on ``loader``'s data and bind the loader to
     its views. ``teacher_fn`` gives the unshuffled teacher FSP matrices of a normalised batch."""
+    stem, fixed = store_stem(teacher, pairs, loader, views=views, dtype=dtype, folder=folder)
+    store = open_or_build(stem, teacher_fn, loader, fixed, pairs, dtype)
+    loader.use_views(store.views)
+    return StoredTargets(store, loader)
+
+
+def store_stem(teacher: torch.nn.Module, pairs, loader, *, views: int, dtype: str,
+               folder: str | Path | None = None) -> tuple[Path, FixedViews]:
+    """Where the store of ``teacher`` on ``loader``'s data lives (built or not), and its fixed views."""
     if dtype not in DTYPES:
         raise FspkdError(f"stored FSP dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if views < 1:
         raise FspkdError(f"stored FSP views {views}: expected a positive number of views per image")
     fixed = (FixedViews.draw(len(loader.images), views, loader.pad, loader.flip, VIEW_SEED) if loader.augment
              else FixedViews.identity(len(loader.images), loader.pad))
-    key = store_key(teacher, pairs, loader, fixed, dtype)
     path = Path(folder) if folder is not None else default_cache_dir() / "fsp-targets"
-    store = open_or_build(path / key, teacher_fn, loader, fixed, pairs, dtype)
-    loader.use_views(store.views)
-    return StoredTargets(store, loader)
+    return path / store_key(teacher, pairs, loader, fixed, dtype), fixed
+
+
+def store_pays(teacher: torch.nn.Module, pairs, loader, stage1_forwards: int, *, views: int, dtype: str,
+               folder: str | Path | None = None) -> tuple[bool, str]:
+    """``stored_fsp: auto``: whether stage 1 reads stored teacher FSP, and why, in a line for the progress output.
+
+    Stored when a store with this run's key is already on disk (it costs nothing), or when building it costs no
+    more teacher forwards than stage 1 would run live: ``stage1_forwards`` (stage-1 iterations x global batch)
+    at least the training images x the views per image (one view without augmentation). Otherwise live. The
+    rule counts forwards, not seconds: under several processes rank 0 builds alone while the others wait, so
+    there the store pays later than the rule says. Rank 0 looks for the store and tells the others, so every
+    rank decides alike even where the file system differs between them.
+    """
+    stem, fixed = store_stem(teacher, pairs, loader, views=views, dtype=dtype, folder=folder)
+    exists = stem.with_suffix(".npy").is_file()
+    if dist.is_initialized():
+        said = [exists]
+        dist.broadcast_object_list(said, src=0)
+        exists = bool(said[0])
+    build = len(loader.images) * fixed.count
+    if exists:
+        return True, f"stage 1 reads the stored teacher FSP already in {stem.parent}"
+    if stage1_forwards >= build:
+        return True, (f"stage 1 builds and reads stored teacher FSP: {build} teacher forwards once, against "
+                      f"{stage1_forwards} live")
+    return False, (f"stage 1 runs the teacher live: {stage1_forwards} teacher forwards, fewer than the {build} "
+                   "that building stored FSP would take")
 
 
 def store_key(teacher: torch.nn.Module, pairs, loader, views: FixedViews, dtype: str) -> str:
@@ -155,7 +188,8 @@ def _fill_targets(path: Path, teacher_fn: TeacherFn, loader, views: FixedViews, 
             values = flat.cpu().numpy().astype(DTYPES[dtype])
             if not np.isfinite(values).all():
                 raise FspkdError(f"{path}: teacher FSP values of images {start}..{start + len(indices) - 1} "
-                                 f"(view {view}) do not fit {dtype}; store them as float32 (--stored-fsp-dtype)")
+                                 f"(view {view}) do not fit {dtype}; store them as float32 (--stored-fsp-dtype) or "
+                                 "run the teacher live (--no-stored-fsp)")
             targets[start:start + len(indices), view] = values
     targets.flush()
     del targets

@@ -27,7 +27,8 @@ from fspkd.training.records import weights_payload
 from fspkd.training.run import NonFiniteLoss, train
 
 STORED_FSP_NOTE = "not measured in this run: run the table again with --set stored_fsp=true"
-LIVE_FSP_NOTE = "not measured in this run: every FSP run used --set stored_fsp=true"
+LIVE_FSP_NOTE = ("not measured in this run: every FSP run read stored teacher FSP (--set stored_fsp=false runs "
+                 "it live)")
 
 
 @dataclasses.dataclass
@@ -96,7 +97,8 @@ def _check_same_settings(config: RunConfig, run_dir: Path) -> None:
     if not saved.exists():
         return
     stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).to_dict()
-    differing = [key for key, value in config.to_dict().items() if stored[key] != value]
+    differing = [key for key, value in config.to_dict().items() if stored[key] != value
+                 and not (key == "stored_fsp" and value == "auto")]  # a saved choice stands against auto
     if differing:
         raise FspkdError(f"{run_dir} holds a run with other settings ({', '.join(differing)}); "
                          "use the same --data/--scale/--set as before, or another --out")
@@ -230,12 +232,13 @@ def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str
 
 def _timing(table: PaperTable, configs: dict, summaries: dict) -> dict:
     """Seconds per 100 iterations: normal training (the first row's run), stage 1 with the live teacher and with
-    stored teacher FSP (the first FSP run of each kind; ``--set stored_fsp=true`` makes them stored)."""
+    stored teacher FSP (the first FSP run of each kind, as its summary says; ``--set stored_fsp=true`` makes them
+    stored)."""
     first = summaries.get(table.rows[0].runs[0], {"stages": {}})
     normal = first["stages"].get("task", {}).get("s_per_100_it")
     fsp_runs = [n for n, c in configs.items() if c.method == "fsp" and n in summaries]
-    live = [n for n in fsp_runs if not configs[n].stored_fsp]
-    stored = [n for n in fsp_runs if configs[n].stored_fsp]
+    stored = [n for n in fsp_runs if summaries[n].get("stored_fsp", configs[n].stored_fsp is True)]
+    live = [n for n in fsp_runs if n not in stored]
 
     def stage1_speed(runs):
         return summaries[runs[0]]["stages"]["stage1"]["s_per_100_it"] if runs else None

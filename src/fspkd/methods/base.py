@@ -35,6 +35,7 @@ class Method:
         self.teacher = teacher
         self.config = config
         self.task_lr: float | None = None  # set when the task-stage lr is probed (fspkd.training.lr_probe)
+        self.uses_stored_fsp: bool | None = None  # FSP: whether stage 1 reads stored teacher FSP, once decided
         if self.needs_teacher and teacher is None:
             raise FspkdError(f"method {self.name!r} needs a teacher: pass --teacher PATH")
         if teacher is not None and getattr(teacher, "headless_source", None) and self.needs_teacher_outputs():
@@ -75,8 +76,9 @@ class Method:
     def check(self, example: torch.Tensor) -> None:
         """Validate the set-up on one example batch before training (shapes, channel widths)."""
 
-    def bind_loader(self, stage: str, loader) -> None:
-        """Called with the training loader of ``stage`` before its first batch (stored FSP targets use it)."""
+    def bind_loader(self, stage: str, loader) -> str | None:
+        """Called with the training loader of ``stage`` before its first batch (stored FSP targets use it); may
+        return a line for the progress output."""
 
     def step(self, stage: str, images: torch.Tensor, labels: torch.Tensor, progress: float,
              forward: Forward | None = None) -> StepOutput:

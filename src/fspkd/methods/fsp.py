@@ -64,7 +64,7 @@ class FSP(Method):
         self.teacher_taps = FeatureTaps(runner, teacher_taps)
         self.shuffle: ChannelShuffle | None = None
         self.connectors: Connectors | None = None  # built by check() where the widths differ
-        self.stored_targets = None  # stage-1 target provider (fspkd.accel.fsp_store) when config.stored_fsp
+        self.stored_targets = None  # stage-1 target provider (fspkd.accel.fsp_store) when the store is used
         if config.compile_teacher:  # faster live stage-1 steps after a compilation (see fspkd bench --compile)
             self.teacher_forward = torch.compile(self.teacher_forward)
 
@@ -125,16 +125,34 @@ class FSP(Method):
 
     # -- stored teacher targets (fspkd.accel.fsp_store): stage 1 without running the teacher --------------------
     def bind_loader(self, stage, loader):
-        """With ``stored_fsp``, stage 1 reads its targets from the store of this loader's data (built if new)."""
-        if stage != "stage1" or not self.config.stored_fsp:
-            self.stored_targets = None
-            return
+        """Where stage 1 stores its teacher FSP (``stored_fsp``, decided at its start and kept by a resume), it reads
+        its targets from the store of this loader's data (built if new). Returns the decision of ``auto`` in words."""
+        self.stored_targets, note = None, None
+        if stage != "stage1":
+            return None
         from fspkd.accel.fsp_store import stored_targets
 
-        self.stored_targets = stored_targets(
-            self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
-            views=self.config.stored_fsp_views, dtype=self.config.stored_fsp_dtype,
-        )
+        if self.uses_stored_fsp is None:
+            self.uses_stored_fsp, note = self._choose_store(loader)
+        if self.uses_stored_fsp:
+            self.stored_targets = stored_targets(
+                self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
+                views=self.config.stored_fsp_views, dtype=self.config.stored_fsp_dtype,
+            )
+        return note
+
+    def _choose_store(self, loader) -> tuple[bool, str | None]:
+        """``stored_fsp`` as set, or for ``auto`` the rule of ``fspkd.accel.fsp_store.store_pays``; live where the
+        store cannot serve (micro-batches: it serves whole loader batches only)."""
+        config = self.config
+        if config.stored_fsp != "auto":
+            return config.stored_fsp, None
+        if config.micro_batches > 1:
+            return False, None
+        from fspkd.accel.fsp_store import store_pays
+
+        return store_pays(self.teacher, self.teacher_pairs, loader, config.stage1.iterations * config.batch_size,
+                          views=config.stored_fsp_views, dtype=config.stored_fsp_dtype)
 
     def teacher_matrices(self, images):
         """The stage-1 targets of ``images``: the teacher's FSP matrices (live or stored), channel-shuffled if

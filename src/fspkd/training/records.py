@@ -8,6 +8,7 @@ several students) and ``summary.json``.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch.nn as nn
 
 from fspkd.core.atomic import write_text_atomic
 from fspkd.core.checkpoint import save_checkpoint
-from fspkd.data import Splits
+from fspkd.data import ImageSet, Splits
 from fspkd.training import distributed
 from fspkd.training.build import Run
 from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
@@ -64,7 +65,7 @@ class Records:
     # -- metrics rows ---------------------------------------------------------------------------------------
     def add_step(self, stage: str, seconds: float) -> None:
         self.wall += seconds
-        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0})
+        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0, "eval_s": 0.0})
         stats["iterations"] += 1
         stats["wall_s"] += seconds
         self.since_row[0] += 1
@@ -74,8 +75,21 @@ class Records:
         """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
         row = self._train_row(position, stage, output, labels)
         if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
-            row.update({f"{split}_acc": acc for split, (acc, _, _) in self.held_out_predictions().items()})
+            row.update(self._cadence_evaluation(stage))
         self._write(row)  # before the checkpoint: a resume from that checkpoint never lacks it
+        return row
+
+    def _cadence_evaluation(self, stage: str) -> dict:
+        """Accuracies on the first ``eval_images`` images of each held-out split (``eval_images``: how many a
+        split gave at most), its seconds added to the stage's ``eval_s``; ``wall`` (optimiser steps) is left as is,
+        so time to accuracy does not count the evaluations."""
+        started, limit = time.perf_counter(), self.run.config.eval_images
+        results = self.held_out_predictions(limit)
+        stats = self.stage_stats[stage]  # add_step made it
+        stats["eval_s"] = stats.get("eval_s", 0.0) + time.perf_counter() - started
+        row = {f"{split}_acc": acc for split, (acc, _, _) in results.items()}
+        if results:  # the images of the whole splits, not of this rank's share
+            row["eval_images"] = max(len(self._held_out(split, limit)) for split in results)
         return row
 
     def _write(self, row: dict) -> None:
@@ -136,15 +150,23 @@ class Records:
                 int(row["student"]), stages.index(row["stage"]), int(row["iteration"])) <= position)
 
     # -- evaluation -----------------------------------------------------------------------------------------
-    def held_out_predictions(self) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
-        """Accuracy, softmax probabilities and labels of the student on each held-out split ('val', 'test')."""
+    def held_out_predictions(self, limit: int = 0) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+        """Accuracy, softmax probabilities and labels of the student on each held-out split ('val', 'test'), on
+        its first ``limit`` images (0: all of them)."""
         run, results = self.run, {}
-        for split, images in (("val", run.splits.val), ("test", run.splits.test)):
-            if images is not None:
+        for split in ("val", "test"):
+            if (images := self._held_out(split, limit)) is not None:
                 probs, labels = predict(run.student, images, run.mean, run.std, ctx=run.ctx,
                                         batch_size=run.config.eval_batch_size, channels_last=run.config.channels_last)
                 results[split] = (accuracy(probs, labels, run.ctx), probs, labels)
         return results
+
+    def _held_out(self, split: str, limit: int) -> ImageSet | None:
+        """The split's first ``limit`` images (all for 0): a fixed subset, as the split itself is fixed by its seed."""
+        images = getattr(self.run.splits, split)
+        if images is None or not 0 < limit < len(images):
+            return images
+        return ImageSet(images.images[:limit], images.labels[:limit])
 
     def evaluate_student(self, student: int) -> dict:
         result = {"weights": self.final_name(student)}
@@ -180,6 +202,7 @@ class Records:
             stage_stats=self.stage_stats,
             extra={name: m.state_dict() for name, m in self.run.method.extra_modules(stage).items()},
             task_lr=self.run.method.task_lr,
+            stored_fsp=self.run.method.uses_stored_fsp,
         )
         save_checkpoint(self.last_state, payload)
 
@@ -205,8 +228,11 @@ class Records:
         summary["stages"] = {name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
                              for name, s in self.stage_stats.items()}
         summary["task_lr"] = self.run.method.schedule("task").lr
+        if self.run.method.uses_stored_fsp is not None:  # FSP: stage 1 read stored teacher FSP (or ran it live)
+            summary["stored_fsp"] = self.run.method.uses_stored_fsp
         summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
         summary["total_wall_s"] = self.wall
+        summary["eval_wall_s"] = sum(s.get("eval_s", 0.0) for s in self.stage_stats.values())
         if self.run.ctx.is_main:
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary

@@ -154,7 +154,8 @@ def _resumed_config(config: RunConfig | None, out: Path, resume: bool, ctx) -> R
     saved = out / "config.yaml"
     stored = RunConfig.from_dict(load_yaml(saved), where=str(saved)).validate()
     if config is not None:
-        given = config.to_dict()
+        # a saved choice stands against auto (a run saved before auto was the default says true or false)
+        given = {**config.to_dict(), **({"stored_fsp": stored.stored_fsp} if config.stored_fsp == "auto" else {})}
         differing = [key for key, value in _lrs_aside(stored.to_dict()).items() if value != _lrs_aside(given)[key]]
         if differing:
             raise FspkdError(

@@ -16,7 +16,7 @@ from fspkd.core.errors import FspkdError
 METRIC_COLUMNS = [
     "student", "stage", "iteration", "wall_s", "lr", "loss",
     "task_loss", "fsp_loss", "kd_loss", "hint_loss", "grad_norm", "train_acc", "val_acc", "test_acc",
-    "probe_loss", "images_per_s",
+    "probe_loss", "images_per_s", "eval_images",
 ]
 
 

@@ -62,6 +62,7 @@ def restore(run: Run, records: Records) -> tuple[Position, dict]:
     records.wall, records.stage_stats = saved["wall"], saved["stage_stats"]
     # the probed task lr, unless the run resumes at a task lr of the user's (the probe is then off)
     run.method.task_lr = saved.get("task_lr") if run.config.task_lr_candidates else None
+    run.method.uses_stored_fsp = saved.get("stored_fsp")  # a resumed stage 1 keeps its targets' source
     return position, saved
 
 
@@ -89,10 +90,12 @@ def _train_stage(run: Run, records: Records, at: Position, saved: dict | None, p
         optimizer.load_state_dict(saved["optimizer"])
         loader.load_state_dict(saved["loader"])
         torch.set_rng_state(saved["rng"])
-    method.bind_loader(stage, loader)
+    note = method.bind_loader(stage, loader)
     stepper = Stepper(run, stage, optimizer)
     label = stage if config.students == 1 else f"student {at.student + 1} {stage}"
     bar = Progress(schedule.iterations, label, initial=at.iteration, enabled=progress and run.ctx.is_main)
+    if note:
+        bar.message(f"fspkd: {note}")
     batches = iter(loader)
     for iteration in range(at.iteration, schedule.iterations):
         started = time.perf_counter()
