@@ -202,10 +202,12 @@ def test_cadence_evaluations_take_eval_images_and_the_final_one_the_whole_splits
     from fspkd.training.inference import evaluate_checkpoints
 
     summary = train(tiny(eval_images=20), tmp_path / "run", progress=False)
-    # cadence evaluations at 4 and 6 over 20 images of val (30) and test (100); the final one over all of them
-    assert evaluated == [20, 20, 20, 20, 30, 100]
+    # a cadence evaluation at 4 over 20 images of val (30) and test (100); the stage's last step (6) over all of
+    # them, so the curve ends on the result; then the student's final evaluation
+    assert evaluated == [20, 20, 30, 100, 30, 100]
     rows = read_rows(tmp_path / "run" / "metrics.csv")
-    assert [(r["iteration"], r["eval_images"]) for r in rows if r["val_acc"]] == [("4", "20"), ("6", "20")]
+    assert [(r["iteration"], r["eval_images"]) for r in rows if r["val_acc"]] == [("4", "20"), ("6", "100")]
+    assert float([r for r in rows if r["val_acc"]][-1]["val_acc"]) == pytest.approx(summary["val_acc"])
     assert all(not r["eval_images"] for r in rows if not r["val_acc"])
     for split in ("val", "test"):
         whole = evaluate_checkpoints([tmp_path / "run" / "final.pt"], data="synthetic:320,100", split=split,

@@ -20,7 +20,7 @@ teachers:
   small: {model: resnet8, train: {iterations: 6, lr: 0.05}, eval_every: 3}
 cells:
   x: {teacher: small, student: resnet8, budgets: [4], gain_to_keep: {4: 1.0}}
-  y: {teacher: small, student: resnet8, budgets: [4]}
+  y: {teacher: small, student: resnet8, budgets: [4], extra_arms: [fsp-stored]}
 """
 
 
@@ -29,13 +29,15 @@ def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
     names = sorted(p.stem for p in (tmp_path / "results").glob("*.json"))
-    assert names == ["scratch-resnet8-b4", "teacher-small", "x-b4-fsp", "x-b4-kd", "y-b4-fsp", "y-b4-kd"]
+    assert names == ["scratch-resnet8-b4", "teacher-small", "x-b4-fsp", "x-b4-kd", "y-b4-fsp", "y-b4-fsp-stored", "y-b4-kd"]
     fsp = json.loads((tmp_path / "results" / "x-b4-fsp.json").read_text())
     assert len(fsp["finals"]) == 2 and len(fsp["curves"]) == 2 and fsp["core_hours"] > 0
     assert fsp["config"]["method"] == "fsp" and fsp["config"]["task"]["iterations"] == 4
     report = (tmp_path / "results" / "report.md").read_text()
     assert "## Cell (x) small -> resnet8, 4 task-stage iterations" in report
-    assert report.count("| fsp |") == 2 and "at or above scratch's mean minus one std" in report
+    assert report.count("| fsp |") == 2 and report.count("| fsp-stored |") == 1
+    stored = json.loads((tmp_path / "results" / "y-b4-fsp-stored.json").read_text())
+    assert stored["config"]["stored_fsp"] is True and fsp["config"]["stored_fsp"] is not True and "at or above scratch's mean minus one std" in report
     assert "earlier gain of 1.00 points kept" in report  # only cell x names a gain to keep
     assert (tmp_path / "results" / "figures" / "cell-y-b4.png").stat().st_size > 0
 
@@ -55,6 +57,7 @@ def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, mo
     ("cells:\n  x: {teacher: big, student: resnet8, budgets: [4]}\n", "cell 'x' needs a student and a teacher"),
     ("cells:\n  x: {teacher: small, student: resnet8, budgets: [0]}\n", "positive task-stage iterations"),
     ("arms: [scratch, dream]\n", "unknown arm 'dream'"),
+    ("cells:\n  x: {teacher: small, student: resnet8, budgets: [4], extra_arms: [fsp-magic]}\n", "unknown arm"),
 ])
 def test_a_bad_matrix_is_refused_in_one_line(tmp_path, change, words):
     head, _, _ = SPEC.partition("cells:" if change.startswith("cells") else "arms:")

@@ -26,7 +26,10 @@ from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
 from fspkd.experiments.study import EVALS_PER_STAGE, arm_config, student_curves
 
-ARMS = {"scratch": "scratch", "fsp": "fsp-best", "kd": "kd", "fitnet": "fitnet"}  # matrix arm -> study base arm
+# matrix arm -> study arm; fsp-stored is the default recipe with its stage 1 on stored teacher FSP, for a cell's
+# extra_arms (stored and live targets should train alike)
+ARMS = {"scratch": "scratch", "fsp": "fsp-best", "kd": "kd", "fitnet": "fitnet",
+        "fsp-stored": "fsp-best:stored_fsp=true"}
 RUN_KEYS = ("data", "val_split", "normalize", "students", "seed")
 
 
@@ -40,9 +43,10 @@ def load_spec(path: str | Path) -> dict:
     for key in ("teachers", "cells", *RUN_KEYS):
         if key not in spec:
             raise FspkdError(f"{path}: the matrix needs a {key!r} entry")
-    for name, arm in enumerate(spec.get("arms", ARMS)):
+    for arm in [*spec.get("arms", ARMS), *(a for c in spec["cells"].values() if isinstance(c, dict)
+                                           for a in c.get("extra_arms", []))]:
         if arm not in ARMS:
-            raise FspkdError(f"{path}: unknown arm {arm!r} (entry {name}); arms: {', '.join(ARMS)}")
+            raise FspkdError(f"{path}: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
     for name, teacher in spec["teachers"].items():
         if not isinstance(teacher, dict) or "model" not in teacher or ("weights" in teacher) == ("train" in teacher):
             raise FspkdError(f"{path}: teacher {name!r} needs a model and either weights: FILE or train: SETTINGS")
@@ -69,6 +73,11 @@ def shared_settings(spec: dict) -> dict:
     return {**{k: spec[k] for k in RUN_KEYS}, **(spec.get("settings") or {})}
 
 
+def cell_arms(spec: dict, cell: str) -> list[str]:
+    """The matrix's arms, then the cell's ``extra_arms``."""
+    return [*spec.get("arms", ["scratch", "fsp", "kd", "fitnet"]), *spec["cells"][cell].get("extra_arms", [])]
+
+
 # -- where things live -----------------------------------------------------------------------------------------
 def arm_key(cell: str, student: str, budget: int, arm: str) -> str:
     """The name of an arm's run folder and result file; scratch is keyed by its student, not its cell."""
@@ -90,7 +99,7 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
         teacher = prepare_teacher(spec, setting["teacher"], out, results, progress)
         base = {**shared_settings(spec), "model": setting["student"], **teacher}
         for budget in setting["budgets"]:
-            for arm in spec.get("arms", list(ARMS)):
+            for arm in cell_arms(spec, cell):
                 key = arm_key(cell, setting["student"], budget, arm)
                 if (results / f"{key}.json").exists():
                     continue
@@ -164,7 +173,7 @@ def write_matrix_report(spec: dict, results: Path) -> str:
     sections = [teacher_table(spec, found)]
     for cell, setting in spec["cells"].items():
         for budget in setting["budgets"]:
-            arms = {arm: found.get(arm_key(cell, setting["student"], budget, arm)) for arm in spec.get("arms", ARMS)}
+            arms = {arm: found.get(arm_key(cell, setting["student"], budget, arm)) for arm in cell_arms(spec, cell)}
             sections.append(cell_section(cell, setting, budget, arms, results / "figures"))
     text = "# Settings matrix: results\n\nWritten by `fspkd study --matrix` from the result files beside it.\n\n"
     text += "\n".join(sections)

@@ -50,9 +50,11 @@ def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | N
             target, _mean_reach(r, target), reference_wall, "scratch")
         rows.append([arm, _mean_std(r), " / ".join(f"{v:.2f}" for v in r["finals"]),
                      None if gain is None else f"{gain:+.2f}", r["ensemble"],
-                     r["task_lr"] if arm == "fsp" else "-", round(_mean_wall(r)), reach, f"{r['core_hours']:.2f}"])
+                     r["task_lr"] if arm.startswith("fsp") else "-", round(_mean_wall(r)), reach,
+                     "-" if r["elapsed_s"] is None else round(r["elapsed_s"]), f"{r['core_hours']:.2f}"])
     header = ["arm", "val acc (%) mean ± std", "per student", "vs scratch", "ensemble", "task lr",
-              "wall per student (s, stage 1 incl.)", "time to scratch's final mean", "core-hours"]
+              "wall per student (s, stage 1 incl.)", "time to scratch's final mean",
+              "arm elapsed (s, all students, evaluations and store builds incl.)", "core-hours"]
     cost = sum(r["core_hours"] for arm, r in done.items() if arm != "scratch")
     lines = [title, "", markdown_table(header, rows), "",
              f"Cost: {cost:.2f} core-hours for the cell's own arms"

@@ -71,19 +71,21 @@ class Records:
         self.since_row[0] += 1
         self.since_row[1] += seconds
 
-    def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool) -> dict:
-        """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``."""
+    def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool, whole: bool = False) -> dict:
+        """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``: on the
+        ``eval_images`` subset, or with ``whole`` (a stage's last step) on the whole splits, so that a curve ends
+        on the run's result."""
         row = self._train_row(position, stage, output, labels)
         if evaluate and output["logits"] is not None:  # a stage-1 student's head is untrained
-            row.update(self._cadence_evaluation(stage))
+            row.update(self._cadence_evaluation(stage, 0 if whole else self.run.config.eval_images))
         self._write(row)  # before the checkpoint: a resume from that checkpoint never lacks it
         return row
 
-    def _cadence_evaluation(self, stage: str) -> dict:
+    def _cadence_evaluation(self, stage: str, limit: int) -> dict:
         """Accuracies on the first ``eval_images`` images of each held-out split (``eval_images``: how many a
         split gave at most), its seconds added to the stage's ``eval_s``; ``wall`` (optimiser steps) is left as is,
         so time to accuracy does not count the evaluations."""
-        started, limit = time.perf_counter(), self.run.config.eval_images
+        started = time.perf_counter()
         results = self.held_out_predictions(limit)
         stats = self.stage_stats[stage]  # add_step made it
         stats["eval_s"] = stats.get("eval_s", 0.0) + time.perf_counter() - started

@@ -113,7 +113,7 @@ def _train_stage(run: Run, records: Records, at: Position, saved: dict | None, p
         bar.update(done, float(output["loss"].detach()), output["lr"])
         position = Position(at.student, at.stage_index, done)
         if is_logged:
-            row = records.log(position, stage, output, labels, evaluate=is_eval)
+            row = records.log(position, stage, output, labels, evaluate=is_eval, whole=done == schedule.iterations)
             if row.get("val_acc") is not None:
                 bar.message(f"{label} iteration {done}: val_acc {row['val_acc']:.2f}")
         if is_eval:
