@@ -69,6 +69,6 @@ def test_a_bad_matrix_is_refused_in_one_line(tmp_path, change, words):
 
 def test_the_shipped_matrix_names_the_issue_cells():
     spec = matrix.load_spec(matrix.default_spec())
-    assert list(spec["cells"]) == ["a", "b", "c", "d", "e"]
+    assert list(spec["cells"]) == ["a", "b", "c", "d", "e", "f", "g", "h"]
     with pytest.raises(FspkdError, match="no cell z"):
         matrix.select_cells(spec, "a,z")

@@ -119,12 +119,13 @@ def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: b
 
     teacher = spec["teachers"][name]
     if "weights" in teacher:
-        return {"teacher": teacher["weights"], "teacher_model": teacher["model"]}
+        return {"teacher": teacher["weights"], "teacher_model": teacher["model"],
+                "teacher_options": teacher.get("options", {})}
     folder = teacher_folder(out, name)
     record = results / f"teacher-{name}.json"
     if not record.exists():
         given = {**shared_settings(spec), "students": 1, "method": "plain", "model": teacher["model"],
-                 "task": teacher["train"], "eval_every": teacher.get("eval_every", 500)}
+                 "model_options": teacher.get("options", {}), "task": teacher["train"], "eval_every": teacher.get("eval_every", 500)}
         if progress:
             print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
         started = time.perf_counter()
