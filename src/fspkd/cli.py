@@ -11,6 +11,7 @@ from pathlib import Path
 from fspkd.core.config import RunConfig, load_yaml, parse_value
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import DEFAULT_FSP_RECIPE, FSP_RECIPES, name_schedule_fields, resolve_config
+from fspkd.experiments.reproduce_cli import add_reproduce_parser
 from fspkd.experiments.study_cli import add_study_parser
 
 # flag -> (RunConfig key, type, help); only the flags a user gives override the config file and defaults
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="FSP taps: sections start before their down-sampling block (the paper's, default) or "
                        "after it (the fast recipe's)")
     bench.set_defaults(handler=_bench)
-    _add_reproduce(sub)
+    add_reproduce_parser(sub)
     add_study_parser(sub)
     models = sub.add_parser("models", help="list the models with their sizes and FSP tap widths, to pick a pair")
     models.add_argument("--pairs", metavar="MODEL", help="the FSP sections and FitNet hint a dry run finds in MODEL")
@@ -366,48 +367,6 @@ def _thread_counts(text: str) -> list[int]:
     return counts
 
 
-def _add_reproduce(sub) -> None:
-    from fspkd.experiments.paper_tables import list_tables
-
-    parser = sub.add_parser("reproduce", help="one of the paper's tables: every run, report.md and figures")
-    parser.add_argument("experiment", choices=list_tables(), help="the paper's experiment (one of its tables)")
-    parser.add_argument("--data", required=True, help="data spec, e.g. cifar10:PATH (any set the runs accept)")
-    parser.add_argument("--val-split", type=float, default=0.0, help="held-out validation fraction (needed "
-                        "when the data has no test split; accuracies are then validation accuracies)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every iteration count, milestone "
-                        "and eval interval (default 1 = the paper)")
-    parser.add_argument("--out", help="output folder (default runs/EXPERIMENT[-scaleF]); finished runs in it "
-                        "are reused, interrupted ones resumed")
-    parser.add_argument("--teacher", help="transfer: the teacher trained elsewhere (torchvision-format state "
-                        "dict, or one of our checkpoints)")
-    parser.add_argument("--teacher-model", help="that teacher's architecture (default: the table's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a run setting for every run, e.g. batch_size=32 (repeatable; marks the report)")
-    parser.add_argument("--model-override", action="append", default=[], metavar="OLD=NEW",
-                        help="a stand-in model, e.g. resnet26=resnet8 (its options dropped; marks the report)")
-    parser.add_argument("--device", help="cpu, cuda, ... (default: the local GPU if any, else cpu)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.set_defaults(handler=_reproduce)
-
-
-def _reproduce(args) -> int:
-    from fspkd.experiments.reproduce import Options, reproduce
-
-    models = dict(_option_pairs(args.model_override))
-    options = Options(data=args.data, scale=args.scale, val_split=args.val_split, teacher=args.teacher,
-                      teacher_model=args.teacher_model, settings=dict(_option_pairs(args.set)),
-                      models={old: str(new) for old, new in models.items()})
-    scale = "" if args.scale == 1 else f"-scale{args.scale:g}"
-    out = args.out or f"runs/{args.experiment}{scale}"
-    results = reproduce(args.experiment, options, out, progress=not args.quiet, device=args.device)
-    if not args.quiet:
-        for row in results["rows"]:
-            ensemble = "" if row["ensemble"] is None else f", ensemble {row['ensemble']:.2f}"
-            shown = f"failed ({row['failed']})" if row.get("failed") else f"{row['avg']:.2f}{ensemble}"
-            print(f"{row['label']}: {results['split']} acc {shown}")
-    if results["failures"]:
-        print(f"fspkd: runs failed: {', '.join(results['failures'])} (see {out}/report.md)", file=sys.stderr)
-        return 1
 def _models(args) -> int:
     from fspkd.models.summary import found_sections, model_table
 

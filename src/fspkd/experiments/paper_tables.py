@@ -4,6 +4,12 @@ A paper table names its runs (RunConfig keys over a shared ``base``) and the tab
 ``teacher`` is another run's name (its ``final.pt``), ``NAME/final-K.pt`` (one student of a several-student
 run) or ``@teacher`` (the ``--teacher`` file). ``new_head: true`` starts a ``copy`` run from the teacher's
 weights with a freshly initialised classifier for this data (fine-tuning a teacher from another data set).
+
+A table with ``teacher_models`` picks its networks from the teacher's architecture (``--teacher-model``, else
+``default_teacher_model``): each entry names the ``teacher`` network (its architecture trained here, fine-tuned or
+from scratch) and the ``student``, and may carry ``settings`` for every run. A run then says ``net: teacher`` or
+``net: student`` instead of ``model``, its ``@teacher`` runs read the file as that architecture, and ``{teacher}``
+and ``{student}`` in the title and row labels become the entry's ``label``s.
 """
 
 from __future__ import annotations
@@ -60,35 +66,68 @@ def list_tables() -> list[str]:
     return sorted(p.name[:-5] for p in _tables_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_table(name: str) -> PaperTable:
-    """The packaged paper table ``name``, validated."""
+def load_table(name: str, teacher_model: str | None = None) -> PaperTable:
+    """The packaged paper table ``name``, validated; ``teacher_model`` picks its networks (``teacher_models``)."""
     if name not in list_tables():
         raise FspkdError(f"unknown experiment {name!r}; valid experiments: {', '.join(list_tables())}")
     text = (_tables_dir() / f"{name}.yaml").read_text()
-    return parse_table(yaml.safe_load(text), where=f"paper_tables/{name}.yaml", command=text.splitlines()[0])
+    return parse_table(yaml.safe_load(text), where=f"paper_tables/{name}.yaml", command=text.splitlines()[0],
+                       teacher_model=teacher_model)
 
 
-def parse_table(data: dict, where: str, command: str = "") -> PaperTable:
+def parse_table(data: dict, where: str, command: str = "", teacher_model: str | None = None) -> PaperTable:
     """Build a PaperTable from the YAML mapping of ``where`` (every run config validated, every reference known)."""
     for key in ("experiment", "title", "layout", "paper_data", "base", "runs", "rows"):
         if key not in data:
             raise FspkdError(f"{where}: missing key {key!r}")
     if data["layout"] not in LAYOUTS:
         raise FspkdError(f"{where}: layout must be one of {', '.join(LAYOUTS)}, got {data['layout']!r}")
+    chosen, networks = pick_networks(data, where, teacher_model)
+    base = {**data["base"], **networks.get("settings", {})}
     runs, new_head = {}, set()
     for name, spec in data["runs"].items():
         spec = dict(spec)
         if spec.pop("new_head", False):
             new_head.add(name)
-        spec = {**data["base"], **spec}
+        spec = {**base, **_place_networks(spec, chosen, networks, f"{where}, run {name}")}
         if spec.get("method") == "fsp":  # the paper's tables run Algorithm 1 as printed
             spec.setdefault("fsp_recipe", "paper")
         runs[name] = resolve_config(spec, where=f"{where}, run {name}")
-    rows = [Row(r["label"], list(r["runs"]), dict(r.get("paper", {}))) for r in data["rows"]]
-    table = PaperTable(data["experiment"], data["title"], data["layout"], data["paper_data"], runs, new_head, rows,
-                    list(data.get("choices", [])), dict(data.get("paper_timing", {})), command.lstrip("# "))
+    labels = {role: networks.get(role, {}).get("label", "") for role in ("teacher", "student")}
+    rows = [Row(r["label"].format(**labels), list(r["runs"]), dict(r.get("paper", {}))) for r in data["rows"]]
+    table = PaperTable(data["experiment"], data["title"].format(**labels), data["layout"], data["paper_data"], runs,
+                       new_head, rows, list(data.get("choices", [])), dict(data.get("paper_timing", {})),
+                       command.lstrip("# "))
     _check_references(table, where)
     return table
+
+
+def pick_networks(data: dict, where: str, teacher_model: str | None) -> tuple[str | None, dict]:
+    """(the teacher architecture, its ``teacher_models`` entry); (None, {}) for a table without the mapping."""
+    known = data.get("teacher_models")
+    if not known:
+        return None, {}
+    chosen = teacher_model or data.get("default_teacher_model")
+    if chosen not in known:
+        raise FspkdError(f"--teacher-model {chosen!r}: the {data['experiment']} table knows the teacher "
+                         f"architectures {', '.join(known)} ({where}, key teacher_models)")
+    for role in ("teacher", "student"):
+        if not isinstance(known[chosen].get(role), dict) or "model" not in known[chosen][role]:
+            raise FspkdError(f"{where}: teacher_models.{chosen}.{role} must be a mapping with a 'model'")
+    return chosen, known[chosen]
+
+
+def _place_networks(spec: dict, chosen: str | None, networks: dict, where: str) -> dict:
+    """A run's spec with ``net: teacher|student`` replaced by that network, ``@teacher`` read as ``chosen``."""
+    role = spec.pop("net", None)
+    if role is not None:
+        if role not in ("teacher", "student") or not networks:
+            raise FspkdError(f"{where}: 'net: {role}' needs a teacher_models table and 'teacher' or 'student'")
+        spec["model"] = networks[role]["model"]
+        spec["model_options"] = dict(networks[role].get("model_options", {}))
+    if chosen and spec.get("teacher") == EXTERNAL_TEACHER:
+        spec["teacher_model"] = chosen
+    return spec
 
 
 def _check_references(table: PaperTable, where: str) -> None:

@@ -125,21 +125,23 @@ def write_reproduction_report(results: Mapping, out: str | Path) -> Path:
     if results["layout"] == "three":
         plot_ensemble_gains(results["rows"], out / "ensembles.png", title="ensemble gains")
         figures.append("![mean single-net and ensemble accuracy per row](ensembles.png)")
-    parts = [f"# {results['title']}", _scale_notice(results), _tables(results), _timing_section(results),
+    parts = [f"# {results['title']}", scale_notice(results), _tables(results), _timing_section(results),
              "## Figures", "\n\n".join(figures), _settings_section(results)]
     path = out / "report.md"
     path.write_text("\n\n".join(p for p in parts if p) + "\n")
     return path
 
 
-def _scale_notice(results: Mapping) -> str:
+def scale_notice(results: Mapping) -> str:
     overrides = results["overrides"]
     changed = [f"`--scale {results['scale']:g}`"] if results["scale"] != 1 else []
+    size = results["image_size"]
+    changed += [f"`--image-size {size['ours']}`"] if size["ours"] != size["table"] else []
     changed += [f"`--set {k}={v}`" for k, v in overrides["settings"].items()]
     changed += [f"`--model-override {k}={v}`" for k, v in overrides["models"].items()]
     split = "validation split held out of the training set" if results["split"] == "val" else "test split"
-    lines = [f"Data: `{results['data']}`; our accuracies are on its **{split}** ({results['split']}_acc). "
-             f"The paper's: {results['paper_data']}."]
+    lines = [f"Data: `{results['data']}` at {size['ours']} x {size['ours']} pixels; our accuracies are on its "
+             f"**{split}** ({results['split']}_acc). The paper's: {results['paper_data']}."]
     if changed:
         lines.insert(0, f"**Not the paper's setting: this run used {', '.join(changed)}. Its numbers show the "
                         "pipeline at this budget and are not the paper's claim.**")
@@ -194,9 +196,9 @@ def _timing_section(results: Mapping) -> str:
         [f"stage 1, stored teacher FSP (run {timing['stage1_stored_run']}), s / 100 it",
          stored if stored is not None else timing["stage1_stored_note"], paper.get("stage1_stored_s_per_100_it")],
     ])
-    rows = markdown_table(["Row", "#Iter", "hours", "speed-up over the teacher row"],
-                          [[r["label"], _k(r["iterations"]), _hours(r["hours"]), r.get("speedup_over_teacher")]
-                           for r in results["rows"]])
+    rows = markdown_table(["Row", "#Iter", "hours", "speed-up over the teacher row", "parameters"],
+                          [[r["label"], _k(r["iterations"]), _hours(r["hours"]), r.get("speedup_over_teacher"),
+                            f"{r['params']:,}"] for r in results["rows"]])
     note = paper.get("note", "")
     return (f"## Time\n\nMeasured training time only (evaluation excluded), summed over each row's runs; "
             f"a shared stage 1 is counted once.\n\n{table}\n\n{rows}" + (f"\n\nThe paper: {note}" if note else ""))

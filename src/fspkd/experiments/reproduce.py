@@ -38,8 +38,10 @@ class Options:
     data: str
     scale: float = 1.0
     val_split: float = 0.0
-    teacher: str | None = None  # the @teacher file (transfer: an ImageNet ResNet-34 state dict)
-    teacher_model: str | None = None  # its architecture, when not the table's
+    teacher: str | None = None  # the @teacher file (transfer: e.g. an ImageNet ResNet-34 or MobileNetV2)
+    teacher_model: str | None = None  # its architecture, when not the table's (transfer: picks the networks)
+    image_size: int | None = None  # every run's, when not the table's
+    seed: int | None = None  # every run's, when not the table's (the held-out split stays the table's)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # RunConfig keys for every run
     models: dict[str, str] = dataclasses.field(default_factory=dict)  # model stand-ins, OLD -> NEW
 
@@ -47,7 +49,7 @@ class Options:
 def reproduce(experiment: str, options: Options, out: str | Path, *, progress: bool = True,
               device: str | None = None) -> dict:
     """Run (or finish) every run of ``experiment`` under ``out``; write results.json and report.md there."""
-    table = load_table(experiment)
+    table = load_table(experiment, options.teacher_model)
     out = Path(out)
     configs = run_configs(table, options, out)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,11 @@ def run_configs(table: PaperTable, options: Options, out: Path) -> dict[str, Run
     configs = {}
     for name, config in table.runs.items():
         config = dataclasses.replace(config, data=options.data, val_split=options.val_split)
+        if options.image_size is not None:
+            config = dataclasses.replace(config, image_size=options.image_size)
+        if options.seed is not None:
+            split_seed = config.seed if config.split_seed is None else config.split_seed
+            config = dataclasses.replace(config, seed=options.seed, split_seed=split_seed)
         if config.teacher == EXTERNAL_TEACHER:
             model = options.teacher_model or config.teacher_model
             config = dataclasses.replace(config, teacher=str(options.teacher), teacher_model=model)
@@ -110,10 +117,13 @@ def _new_head_start(config: RunConfig, out: Path, name: str) -> Path:
     if path.exists():
         return path
     splits = load_run_data(config)
-    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, splits.num_classes)
+    teacher, _ = load_network(Path(config.teacher), config.teacher_model, config.teacher_options, splits.num_classes,
+                              features_only=True)
     torch.manual_seed(config.seed)
     net = create(config.model, num_classes=splits.num_classes, **config.model_options)
     ours, theirs = net.state_dict(), teacher.state_dict()
+    if getattr(teacher, "headless_source", None):  # a features-only file: its classifier is not the file's
+        theirs = {k: v for k, v in theirs.items() if not k.startswith(f"{teacher.head}.")}
     kept = {k: v for k, v in theirs.items() if k in ours and v.shape == ours[k].shape}
     fresh = [k for k in ours if k not in kept and not k.endswith("num_batches_tracked")]
     if len(fresh) > 2:  # more than the classifier's weight and bias
@@ -148,6 +158,8 @@ def collect_results(table: PaperTable, options: Options, configs: dict[str, RunC
         "split": split,
         "overrides": {"settings": options.settings, "models": options.models},
         "teacher": options.teacher,
+        "image_size": {"ours": next(iter(configs.values())).image_size,
+                       "table": next(iter(table.runs.values())).image_size},
         "choices": table.choices,
         "rerun": command_line(table.name, options, out),
         "runs": {name: _run_digest(config, out) for name, config in configs.items()},
@@ -170,6 +182,8 @@ def command_line(experiment: str, options: Options, out: Path) -> str:
         words += ["--teacher", options.teacher]
     if options.teacher_model:
         words += ["--teacher-model", options.teacher_model]
+    if options.image_size is not None:
+        words += ["--image-size", str(options.image_size)]
     words += [f"--set {key}={value}" for key, value in options.settings.items()]
     words += [f"--model-override {old}={new}" for old, new in options.models.items()]
     return " ".join(words + ["--out", str(out)])
@@ -198,9 +212,10 @@ def held_out_split(summaries: dict) -> str:
 
 def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) -> dict:
     failed = [f"{run}: {failures[run]}" for run in row.runs if run in failures]
+    params = _parameters(configs[row.runs[0]], next(iter(summaries.values()))["num_classes"])
     if failed:
         return {"label": row.label, "runs": row.runs, "nets": [], "avg": None, "ensemble": None,
-                "iterations": None, "hours": None, "paper": row.paper, "failed": "; ".join(failed)}
+                "iterations": None, "hours": None, "params": params, "paper": row.paper, "failed": "; ".join(failed)}
     nets, weights = [], []
     for run in row.runs:
         for student in summaries[run]["per_student"]:
@@ -214,8 +229,15 @@ def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) 
         "ensemble": _ensemble(row.runs, summaries, configs, weights, split),
         "iterations": sum(summaries[r]["total_iterations"] for r in row.runs),
         "hours": sum(summaries[r]["total_wall_s"] for r in row.runs) / 3600,
+        "params": params,
         "paper": row.paper,
     }
+
+
+def _parameters(config: RunConfig, num_classes: int) -> int:
+    """Parameters of a row's network (classifier for this data included; no connector or regressor)."""
+    net = create(config.model, num_classes=num_classes, **config.model_options)
+    return sum(p.numel() for p in net.parameters())
 
 
 def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str], split: str) -> float | None:
