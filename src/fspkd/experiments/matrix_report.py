@@ -45,24 +45,24 @@ def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | N
     reference_wall = _mean_wall(scratch) if scratch else None
     rows = []
     for arm, r in done.items():
-        gain = None if scratch is None else r["mean"] - scratch["mean"]
+        gain = None if scratch is None or arm == "scratch" else r["mean"] - scratch["mean"]
         reach = "-" if scratch is None or arm == "scratch" else reached_text(
             target, _mean_reach(r, target), reference_wall, "scratch")
         rows.append([arm, _mean_std(r), " / ".join(f"{v:.2f}" for v in r["finals"]),
                      None if gain is None else f"{gain:+.2f}", r["ensemble"],
-                     r["task_lr"] if arm.startswith("fsp") else "-", round(_mean_wall(r)), reach,
+                     f"{r['task_lr']:g}" if arm.startswith("fsp") else "-", round(_mean_wall(r)), reach,
                      "-" if r["elapsed_s"] is None else round(r["elapsed_s"]), f"{r['core_hours']:.2f}"])
     header = ["arm", "val acc (%) mean ± std", "per student", "vs scratch", "ensemble", "task lr",
               "wall per student (s, stage 1 incl.)", "time to scratch's final mean",
               "arm elapsed (s, all students, evaluations and store builds incl.)", "core-hours"]
     cost = sum(r["core_hours"] for arm, r in done.items() if arm != "scratch")
     lines = [title, "", markdown_table(header, rows), "",
-             f"Cost: {cost:.2f} core-hours for the cell's own arms"
+             f"- Cost: {cost:.2f} core-hours for the cell's own arms"
              + (f", {scratch['core_hours']:.2f} for scratch (shared by the cells with this student)." if scratch
                 else "."),
-             *criteria(setting, budget, done)]
+             *evaluation_share(done), *criteria(setting, budget, done)]
     if missing:
-        lines.append(f"Not run yet: {', '.join(missing)}.")
+        lines.append(f"- Not run yet: {', '.join(missing)}.")
     figure = plot_cell(done, figures / f"cell-{cell}-b{budget}.png", title.removeprefix("## "))
     lines += ["", f"![cell {cell} at {budget}](figures/{figure.name})", ""]
     return "\n".join(lines)
@@ -83,6 +83,18 @@ def criteria(setting: dict, budget: int, done: dict[str, dict]) -> list[str]:
                      f"{'met' if gain >= KEPT_FRACTION * gain_to_keep else 'NOT met'} ({gain:+.2f}, "
                      f"{gain / gain_to_keep:.0%}).")
     return lines
+
+
+def evaluation_share(done: dict[str, dict]) -> list[str]:
+    """The evaluations' seconds against the training seconds of the arms that recorded them (runs of earlier
+    versions did not)."""
+    timed = [r for r in done.values() if any("eval_s" in stage for stage in r["stages"].values())]
+    if not timed:
+        return []
+    evals = sum(stage.get("eval_s", 0.0) for r in timed for stage in r["stages"].values())
+    training = sum(r["training_wall_s"] for r in timed)
+    return [f"- Evaluations (on {len(timed)} of the arms that timed them) took {100 * evals / training:.1f}% of their "
+            "training time."]
 
 
 def _mean_std(r: dict) -> str:
