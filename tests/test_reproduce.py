@@ -242,3 +242,19 @@ def test_paper_table_errors_name_the_problem():
         parse_table(data, where="bad.yaml")
     with pytest.raises(FspkdError, match="--val-split"):
         held_out_split({"run": {"val_acc": None, "test_acc": None}})
+
+
+def test_set_changes_one_schedule_field_and_keeps_the_rest():
+    from fspkd.core.config import RunConfig, Schedule
+    from fspkd.experiments.paper_tables import apply_overrides
+
+    table_run = RunConfig(data="synthetic", model="resnet8", method="fsp", teacher="t.pt",
+                          task=Schedule(iterations=300, lr=0.1, milestones=[100, 200]),
+                          stage1=Schedule(iterations=210, lr=0.1, milestones=[110, 160]))
+    changed = apply_overrides(table_run, {"task.lr": 0.01}, {})
+    assert changed.task == Schedule(iterations=300, lr=0.01, milestones=[100, 200])
+    assert changed.stage1 == table_run.stage1
+    plain = RunConfig(data="synthetic", model="resnet8", task=Schedule(iterations=300, lr=0.1))
+    assert apply_overrides(plain, {"stage1.lr": 0.5}, {}).stage1 is None  # a run without stage 1 ignores it
+    with pytest.raises(FspkdError, match="task.FIELD or stage1.FIELD"):
+        apply_overrides(plain, {"teacher.lr": 0.5}, {})

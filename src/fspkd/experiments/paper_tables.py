@@ -24,7 +24,7 @@ import yaml
 
 from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
-from fspkd.core.settings import resolve_config
+from fspkd.core.settings import name_schedule_fields, resolve_config
 
 EXTERNAL_TEACHER = "@teacher"
 LAYOUTS = ("three", "single")  # three nets per row (Tables 1-2) or one (Tables 3-5)
@@ -169,9 +169,18 @@ def evaluations_per_stage(config: RunConfig) -> dict[str, int]:
 
 
 def apply_overrides(config: RunConfig, settings: dict[str, Any], models: dict[str, str]) -> RunConfig:
-    """Table settings replaced from the command line: RunConfig keys, and stand-ins for the networks the table
-    trains (``OLD -> NEW``, the old model's options dropped)."""
-    values = {**config.to_dict(), **settings}
+    """Table settings replaced from the command line: RunConfig keys, one field of a run's schedule
+    (``task.lr``, ``stage1.lr``: the other fields stay the table's; a run without that stage ignores it), and
+    stand-ins for the networks the table trains (``OLD -> NEW``, the old model's options dropped)."""
+    values = config.to_dict()
+    for key, value in settings.items():
+        stage, dot, field = key.partition(".")
+        if not dot:
+            values[key] = value
+        elif stage not in ("task", "stage1"):
+            raise FspkdError(f"--set {key}: a schedule setting is task.FIELD or stage1.FIELD")
+        elif values.get(stage) is not None:
+            name_schedule_fields(values, stage, {field: value}, where=f"--set {key}")
     if values["model"] in models:
         values["model"], values["model_options"] = models[values["model"]], {}
     return resolve_config(values, where="--set / --model-override")

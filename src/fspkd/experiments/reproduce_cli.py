@@ -29,7 +29,8 @@ def add_reproduce_parser(sub) -> None:
     parser.add_argument("--teacher-model", help="that teacher's architecture (default: the table's); for "
                         "transfer, resnet34 or mobilenetv2, which picks the student")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a run setting for every run, e.g. batch_size=32 (repeatable; marks the report)")
+                        help="a run setting for every run, e.g. batch_size=32, or one schedule field, e.g. task.lr=0.01 "
+                        "(repeatable; marks the report)")
     parser.add_argument("--model-override", action="append", default=[], metavar="OLD=NEW",
                         help="a stand-in model, e.g. resnet26=resnet8 (its options dropped; marks the report)")
     parser.add_argument("--device", help="cpu, cuda, ... (default: the local GPU if any, else cpu)")
