@@ -125,7 +125,8 @@ def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: b
     record = results / f"teacher-{name}.json"
     if not record.exists():
         given = {**shared_settings(spec), "students": 1, "method": "plain", "model": teacher["model"],
-                 "model_options": teacher.get("options", {}), "task": teacher["train"], "eval_every": teacher.get("eval_every", 500)}
+                 "model_options": teacher.get("options", {}), "task": teacher["train"],
+                 "eval_every": teacher.get("eval_every", 500)}
         if progress:
             print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
         started = time.perf_counter()
