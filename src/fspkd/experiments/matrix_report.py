@@ -10,12 +10,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from fspkd.experiments.report import markdown_table, reached_text  # noqa: E402
+from fspkd.experiments.report import markdown_table, reached_text
+from fspkd.experiments.study import plot_study
 
 KEPT_FRACTION = 0.9
 
@@ -63,7 +59,9 @@ def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | N
              *evaluation_share(done), *criteria(setting, budget, done)]
     if missing:
         lines.append(f"- Not run yet: {', '.join(missing)}.")
-    figure = plot_cell(done, figures / f"cell-{cell}-b{budget}.png", title.removeprefix("## "))
+    figures.mkdir(parents=True, exist_ok=True)
+    figure = plot_study({arm: r["curves"] for arm, r in done.items()}, figures / f"cell-{cell}-b{budget}.png",
+                        title.removeprefix("## "))
     lines += ["", f"![cell {cell} at {budget}](figures/{figure.name})", ""]
     return "\n".join(lines)
 
@@ -109,29 +107,3 @@ def _mean_reach(r: dict, target: float) -> float | None:
     """Mean wall seconds (stage 1 included) at which the students first reached ``target``; None unless all did."""
     walls = [next((w for w, acc in zip(c["wall_s"], c["val_acc"]) if acc >= target), None) for c in r["curves"]]
     return None if None in walls else statistics.mean(walls)
-
-
-def plot_cell(done: dict[str, dict], path: Path, title: str) -> Path:
-    """Mean validation accuracy over the students against task-stage iterations and against wall time (stage 1
-    included); the band spans the students' minimum to maximum."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for arm, r in done.items():
-        curves = r["curves"]
-        length = min(len(c["val_acc"]) for c in curves)
-        accs = [[c["val_acc"][i] for c in curves] for i in range(length)]
-        mean = [statistics.mean(a) for a in accs]
-        walls = [statistics.mean(c["wall_s"][i] for c in curves) for i in range(length)]
-        for ax, x in ((axes[0], curves[0]["iteration"][:length]), (axes[1], walls)):
-            line, = ax.plot(x, mean, marker=".", label=arm)
-            ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
-    axes[0].set_xlabel("task-stage iterations")
-    axes[1].set_xlabel("training wall time per student (s, stage 1 included)")
-    for ax in axes:
-        ax.set_ylabel("validation accuracy (%)")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path

@@ -204,7 +204,8 @@ def write_report(out: Path, arms: list[str], budgets: list[int], reference: str 
         header = ["arm", "students", "val acc (%) mean ± std", "per student", "stage-1 wall (s)",
                   "task-stage wall per student (s)", "task-stage its to the reference's final mean",
                   "time to the reference's final mean (wall per student, stage 1 incl.)"]
-        plot = plot_study(done, figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
+        plot = plot_study({arm_label(arm): student_curves(folder) for arm, folder in done.items()},
+                          figures / f"study-b{budget}.png", f"{budget} task-stage iterations")
         sections.append(f"### Budget {budget}\n\n{markdown_table(header, rows)}\n\n![budget {budget}]"
                         f"(figures/{plot.name})\n\n{_distance_table(done)}")
         fsp_runs = {a: f for a, f in done.items() if a.startswith("fsp")}
@@ -291,18 +292,17 @@ def _reached_text(reached: list) -> str:
     return " / ".join("-" if r is None else str(r) for r in reached)
 
 
-def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
-    """Mean validation accuracy over the students against task-stage iterations and against wall time
-    (stage 1 included); the band spans the students' minimum to maximum."""
+def plot_study(curves_by_arm: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """Mean validation accuracy over the students (``student_curves``) against task-stage iterations and against
+    wall time (stage 1 included); the band spans the students' minimum to maximum."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for arm, folder in folders.items():
-        curves = student_curves(folder)
+    for label, curves in curves_by_arm.items():
         length = min(len(c["val_acc"]) for c in curves)
         accs = [[c["val_acc"][i] for c in curves] for i in range(length)]
         mean = [statistics.mean(a) for a in accs]
         for ax, x in ((axes[0], curves[0]["iteration"][:length]),
                       (axes[1], [statistics.mean(c["wall_s"][i] for c in curves) for i in range(length)])):
-            line, = ax.plot(x, mean, marker=".", label=arm_label(arm))
+            line, = ax.plot(x, mean, marker=".", label=label)
             ax.fill_between(x, [min(a) for a in accs], [max(a) for a in accs], color=line.get_color(), alpha=0.15)
     axes[0].set_xlabel("task-stage iterations (stage 1 not counted)")
     axes[1].set_xlabel("training wall time per student (s, stage 1 included)")
@@ -314,7 +314,6 @@ def plot_study(folders: dict[str, Path], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
 
 
 # -- what stage 1 reached ------------------------------------------------------------------------------------------
