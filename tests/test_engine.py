@@ -205,8 +205,8 @@ def test_cadence_evaluations_take_eval_images_and_the_final_one_the_whole_splits
 
     summary = train(tiny(eval_images=20), tmp_path / "run", progress=False)
     # a cadence evaluation at 4 over 20 images of val (30) and test (100); the stage's last step (6) over all of
-    # them, so the curve ends on the result; then the student's final evaluation
-    assert evaluated == [20, 20, 30, 100, 30, 100]
+    # them, so the curve ends on the result, and the student's final evaluation reuses it (same weights)
+    assert evaluated == [20, 20, 30, 100]
     rows = read_rows(tmp_path / "run" / "metrics.csv")
     assert [(r["iteration"], r["eval_images"]) for r in rows if r["val_acc"]] == [("4", "20"), ("6", "100")]
     assert float([r for r in rows if r["val_acc"]][-1]["val_acc"]) == pytest.approx(summary["val_acc"])
@@ -221,5 +221,5 @@ def test_cadence_evaluations_take_eval_images_and_the_final_one_the_whole_splits
 
 def test_eval_images_0_evaluates_the_whole_splits_every_time(tmp_path, evaluated):
     train(tiny(eval_images=0, task=Schedule(iterations=4, lr=0.05)), tmp_path / "run", progress=False)
-    assert evaluated == [30, 100, 30, 100]
+    assert evaluated == [30, 100]  # the last step's evaluation is the student's final one
     assert [r["eval_images"] for r in read_rows(tmp_path / "run" / "metrics.csv") if r["val_acc"]] == ["100"]

@@ -61,6 +61,7 @@ class Records:
         self.wall = 0.0  # seconds of optimiser steps, over all stages and students
         self.stage_stats: dict[str, dict] = {}
         self.since_row = [0, 0.0]  # steps and seconds since the last metrics row: its images per second
+        self.final_predictions: dict | None = None  # whole-split predictions of the last evaluated step
 
     # -- metrics rows ---------------------------------------------------------------------------------------
     def add_step(self, stage: str, seconds: float) -> None:
@@ -87,6 +88,7 @@ class Records:
         so time to accuracy does not count the evaluations."""
         started = time.perf_counter()
         results = self.held_out_predictions(limit)
+        self.final_predictions = results if limit == 0 else None  # the student's final evaluation reuses these
         stats = self.stage_stats[stage]  # add_step made it
         stats["eval_s"] = stats.get("eval_s", 0.0) + time.perf_counter() - started
         row = {f"{split}_acc": acc for split, (acc, _, _) in results.items()}
@@ -171,8 +173,11 @@ class Records:
         return ImageSet(images.images[:limit], images.labels[:limit])
 
     def evaluate_student(self, student: int) -> dict:
+        """The student's final accuracies on the whole splits: those of its task stage's last step when that was
+        just evaluated (same weights), else measured now (a run resumed after its last step)."""
         result = {"weights": self.final_name(student)}
-        for split, (acc, probs, labels) in self.held_out_predictions().items():
+        predictions, self.final_predictions = self.final_predictions or self.held_out_predictions(), None
+        for split, (acc, probs, labels) in predictions.items():
             result[f"{split}_acc"], result[f"{split}_probs"], result[f"{split}_labels"] = acc, probs, labels
         return result
 
