@@ -73,6 +73,10 @@ class Method:
             params += list(module.parameters())
         return params
 
+    def start_student(self) -> None:
+        """Give a freshly initialised student this method's starting weights (each further student of an ensemble
+        too): nothing here; the weight copy starts every student from the teacher."""
+
     def check(self, example: torch.Tensor) -> None:
         """Validate the set-up on one example batch before training (shapes, channel widths)."""
 

@@ -27,4 +27,7 @@ class Copy(Method):
                 f"--method copy needs the student to have the teacher's architecture; "
                 f"{len(differing)} student tensors have no equal-shaped teacher tensor (e.g. {differing[:3]})"
             )
-        student.load_state_dict(theirs)
+        self.start_student()
+
+    def start_student(self) -> None:
+        self.student.load_state_dict(self.teacher.state_dict())

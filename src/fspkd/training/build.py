@@ -53,11 +53,13 @@ class Run:
         )
 
     def fresh_student(self, seed: int) -> None:
-        """Give the student new weights drawn with ``seed`` (or ``config.init``'s): a further single-stage student."""
+        """Give the student new weights drawn with ``seed`` (or ``config.init``'s, or the method's own start, e.g. the
+        weight copy's teacher): a further single-stage student."""
         torch.manual_seed(seed)
         fresh = build_model(self.config.model, self.config.model_options, self.splits.num_classes)
         self.student.load_state_dict(fresh.state_dict())
         load_init(self.student, self.config)
+        self.method.start_student()
 
 
 def build_run(config: RunConfig, ctx: Context) -> Run:
