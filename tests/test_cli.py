@@ -46,6 +46,7 @@ def test_shuffled_fsp_students_and_their_ensemble_eval(teacher, tmp_path, capsys
     assert main(["eval", "--data", "synthetic:320,100", "--weights", *weights, "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert len(results["networks"]) == 3 and 0 <= results["ensemble_accuracy"] <= 100
+    assert 0 <= results["disagreement"] <= 100
     assert results["images"] == 100
 
 

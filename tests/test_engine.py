@@ -12,6 +12,7 @@ from fspkd.core.checkpoint import load_checkpoint
 from fspkd.core.config import RunConfig, Schedule
 from fspkd.core.errors import FspkdError
 from fspkd.training import build
+from fspkd.training.evaluate import disagreement
 from fspkd.training.run import NonFiniteLoss, train
 
 
@@ -109,9 +110,19 @@ def test_several_students_share_one_stage1_and_report_their_ensemble(teacher_dir
     assert [m["weights"] for m in summary["per_student"]] == ["final-1.pt", "final-2.pt"]
     assert summary["stages"]["stage1"]["iterations"] == 3
     assert summary["stages"]["task"]["iterations"] == 12
-    assert "ensemble_test_acc" in summary
+    assert "ensemble_test_acc" in summary and 0 <= summary["ensemble_test_disagreement"] <= 100
     first, second = (load_checkpoint(tmp_path / "two" / w)["model"] for w in ("final-1.pt", "final-2.pt"))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # different data orders
+
+
+def test_disagreement_is_the_mean_share_of_images_two_members_label_differently():
+    def one_hot(labels):
+        return torch.nn.functional.one_hot(torch.tensor(labels), 3).float()
+
+    members = [one_hot([0, 1, 2, 0]), one_hot([0, 1, 2, 1]), one_hot([1, 1, 2, 2])]
+    # pairs (1,2): 1 of 4 images differ, (1,3): 2 of 4, (2,3): 2 of 4 -> 5 of 12
+    assert disagreement(members) == pytest.approx(100 * 5 / 12)
+    assert disagreement(members[:1] * 2) == 0.0
 
 
 def test_resume_after_an_interruption_ends_with_the_same_weights(teacher_dir, tmp_path, monkeypatch):

@@ -312,6 +312,7 @@ def _eval(args) -> int:
         print(f"{item['accuracy']:6.2f}%  {item['weights']}")
     if "ensemble_accuracy" in results:
         print(f"{results['ensemble_accuracy']:6.2f}%  ensemble of {len(results['networks'])} (averaged softmax)")
+        print(f"{results['disagreement']:6.2f}%  of the images on which two members disagree (mean over pairs)")
     return 0
 
 

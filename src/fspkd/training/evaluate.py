@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -46,3 +47,14 @@ def ensemble_accuracy(all_probs: Sequence[torch.Tensor], labels: torch.Tensor, c
         return accuracy(torch.zeros(0, 0), labels, ctx)
     mean_probs = torch.stack(list(all_probs)).mean(dim=0)
     return accuracy(mean_probs, labels, ctx)
+
+
+def disagreement(all_probs: Sequence[torch.Tensor], ctx: Context = Context()) -> float:
+    """How diverse an ensemble is: the share (%) of images on which two members' top-1 predictions differ,
+    averaged over all pairs of members and over all ranks' shares."""
+    predictions = [probs.argmax(dim=1) for probs in all_probs]
+    pairs = list(itertools.combinations(predictions, 2))
+    differing = sum(float((a != b).sum()) for a, b in pairs)
+    counts = torch.tensor([differing, float(len(pairs) * len(predictions[0]))], device=ctx.device)
+    differing, total = sum_over_ranks(counts, ctx).tolist()
+    return 100.0 * differing / max(total, 1.0)

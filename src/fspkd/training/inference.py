@@ -11,7 +11,7 @@ from fspkd.core.checkpoint import load_checkpoint, load_state_dict_checked, load
 from fspkd.core.errors import FspkdError
 from fspkd.data import load_dataset, parse_normalize
 from fspkd.models import create
-from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
+from fspkd.training.evaluate import accuracy, disagreement, ensemble_accuracy, predict
 
 # the class count of a foreign state dict is read off its head: ResNets (ours, torchvision), the CIFAR benchmarks'
 # VGG and MobileNetV2, ImageNet MobileNetV2
@@ -22,7 +22,8 @@ CLASSIFIER_WEIGHTS = ("linear.weight", "fc.weight", "classifier.weight", "classi
 def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | None = None,
                          model_options: dict | None = None, normalize: str | None = None,
                          val_split: float = 0.0, seed: int = 0, image_size: int | None = None) -> dict:
-    """Accuracy (percent) of every checkpoint on ``split`` and, for several, of their averaged softmax."""
+    """Accuracy (percent) of every checkpoint on ``split`` and, for several, of their averaged softmax and the
+    members' pairwise disagreement (percent of images)."""
     splits = load_dataset(data, val_split=val_split, seed=seed, image_size=image_size)
     images = getattr(splits, split)
     if images is None:
@@ -40,6 +41,7 @@ def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | 
     results = {"data": data, "split": split, "images": len(labels), "networks": networks}
     if len(all_probs) > 1:
         results["ensemble_accuracy"] = ensemble_accuracy(all_probs, labels)
+        results["disagreement"] = disagreement(all_probs)
     return results
 
 

@@ -21,7 +21,7 @@ from fspkd.core.checkpoint import save_checkpoint
 from fspkd.data import ImageSet, Splits
 from fspkd.training import distributed
 from fspkd.training.build import Run
-from fspkd.training.evaluate import accuracy, ensemble_accuracy, predict
+from fspkd.training.evaluate import accuracy, disagreement, ensemble_accuracy, predict
 from fspkd.training.loggers import open_tracker
 from fspkd.training.runlog import MetricsFile
 
@@ -228,8 +228,9 @@ class Records:
             accs = [s[f"{key}_acc"] for s in students if f"{key}_acc" in s]
             summary[f"{key}_acc"] = sum(accs) / len(accs) if accs else None
             if len(students) > 1 and accs:
-                summary[f"ensemble_{key}_acc"] = ensemble_accuracy(
-                    [s[f"{key}_probs"] for s in students], students[0][f"{key}_labels"], self.run.ctx)
+                probs = [s[f"{key}_probs"] for s in students]
+                summary[f"ensemble_{key}_acc"] = ensemble_accuracy(probs, students[0][f"{key}_labels"], self.run.ctx)
+                summary[f"ensemble_{key}_disagreement"] = disagreement(probs, self.run.ctx)
         summary["per_student"] = [{k: v for k, v in s.items() if not k.endswith(("_probs", "_labels"))}
                                   for s in students]
         summary["stages"] = {name: {**s, "s_per_100_it": 100 * s["wall_s"] / max(s["iterations"], 1)}
