@@ -146,6 +146,9 @@ def test_an_fsp_run_with_stored_targets_trains_stage1_and_task(tmp_path, monkeyp
                                  shuffle_seed=1, stage1=Schedule(iterations=8, lr=1e-4))
     summary = train(config, tmp_path / "student", progress=False)
     assert summary["stages"]["stage1"]["iterations"] == 8
+    assert summary["stages"]["stage1"]["setup_s"] > 0  # the store's build counts in the run's wall time
+    steps_and_setups = sum(s["wall_s"] + s.get("setup_s", 0) for s in summary["stages"].values())
+    assert summary["total_wall_s"] == pytest.approx(steps_and_setups)
     assert len(list((tmp_path / "cache" / "fsp-targets").glob("*.views.npy"))) == 1
 
 

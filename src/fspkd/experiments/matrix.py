@@ -26,10 +26,14 @@ from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
 from fspkd.experiments.study import EVALS_PER_STAGE, arm_config, student_curves
 
-# matrix arm -> study arm; fsp-stored is the default recipe with its stage 1 on stored teacher FSP, for a cell's
-# extra_arms (stored and live targets should train alike)
+# matrix arm -> study arm. For a cell's extra_arms: fsp-stored is the default recipe with its stage 1 on stored
+# teacher FSP (stored and live targets should train alike); copy is the paper's Teacher double-dagger (the
+# teacher's weights trained further, one copy per student)
 ARMS = {"scratch": "scratch", "fsp": "fsp-best", "kd": "kd", "fitnet": "fitnet",
-        "fsp-stored": "fsp-best:stored_fsp=true"}
+        "fsp-stored": "fsp-best:stored_fsp=true", "copy": "copy"}
+# arms of one run per student ("member"), the k-th with these overrides: fsp-shuffled is the paper's Student*
+# dagger, each student with its own stage 1 on channel-shuffled teacher FSP (seed k), for a more diverse ensemble
+MEMBER_ARMS = {"fsp-shuffled": "fsp-best:students=1,seed={k},shuffle_seed={k}"}
 RUN_KEYS = ("data", "val_split", "normalize", "students", "seed")
 
 
@@ -45,8 +49,8 @@ def load_spec(path: str | Path) -> dict:
             raise FspkdError(f"{path}: the matrix needs a {key!r} entry")
     for arm in [*spec.get("arms", ARMS), *(a for c in spec["cells"].values() if isinstance(c, dict)
                                            for a in c.get("extra_arms", []))]:
-        if arm not in ARMS:
-            raise FspkdError(f"{path}: unknown arm {arm!r}; arms: {', '.join(ARMS)}")
+        if arm not in ARMS and arm not in MEMBER_ARMS:
+            raise FspkdError(f"{path}: unknown arm {arm!r}; arms: {', '.join([*ARMS, *MEMBER_ARMS])}")
     for name, teacher in spec["teachers"].items():
         if not isinstance(teacher, dict) or "model" not in teacher or ("weights" in teacher) == ("train" in teacher):
             raise FspkdError(f"{path}: teacher {name!r} needs a model and either weights: FILE or train: SETTINGS")
@@ -105,12 +109,21 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
                     continue
                 if progress:
                     print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
-                config = arm_config(ARMS[arm], budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)})
                 started = time.perf_counter()
-                if not (out / key / "summary.json").exists():
-                    train(config, out / key, resume=True, progress=progress)
-                write_result(results / f"{key}.json", out / key, time.perf_counter() - started)
+                runs = arm_runs(arm, budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)}, out / key)
+                for folder, config in runs:
+                    if not (folder / "summary.json").exists():
+                        train(config, folder, resume=True, progress=progress)
+                write_result(results / f"{key}.json", [folder for folder, _ in runs], time.perf_counter() - started)
     return write_matrix_report(spec, results)
+
+
+def arm_runs(arm: str, budget: int, base: dict, folder: Path) -> list[tuple[Path, object]]:
+    """The run folders and settings of an arm: one run, or for a member arm one run per student."""
+    if arm not in MEMBER_ARMS:
+        return [(folder, arm_config(ARMS[arm], budget, base))]
+    return [(folder / f"member-{k}", arm_config(MEMBER_ARMS[arm].format(k=k), budget, base))
+            for k in range(1, base["students"] + 1)]
 
 
 def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: bool) -> dict:
@@ -132,34 +145,66 @@ def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: b
         started = time.perf_counter()
         if not (folder / "summary.json").exists():
             train(resolve_config(given), folder, resume=True, progress=progress)
-        write_result(record, folder, time.perf_counter() - started)
+        write_result(record, [folder], time.perf_counter() - started)
     return {"teacher": str(folder / "final.pt"), "teacher_model": None}
 
 
-def write_result(path: Path, folder: Path, elapsed_s: float) -> dict:
-    """One finished run as a JSON result: per-student accuracies and curves, ensemble, wall times and cost."""
+def write_result(path: Path, folders: list[Path], elapsed_s: float) -> dict:
+    """One finished arm (its run, or its members' runs) as a JSON result: per-student accuracies and curves, the
+    ensemble and its disagreement, wall times and cost."""
     import torch
 
-    summary = json.loads((folder / "summary.json").read_text())
-    config = load_yaml(folder / "config.yaml")
-    curves = student_curves(folder)
-    finals = [s["val_acc"] for s in summary["per_student"]]
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    first, config = summaries[0], load_yaml(folders[0] / "config.yaml")
+    finals = [s["val_acc"] for summary in summaries for s in summary["per_student"]]
+    ensemble, disagreement = _ensemble(folders, summaries, config)
+    task_lrs = sorted({summary.get("task_lr") for summary in summaries}, key=str)
     threads = torch.get_num_threads()
+    training_wall = sum(summary["total_wall_s"] for summary in summaries)
     result = {
-        "run": str(folder), "method": summary["method"], "model": summary["model"], "teacher": summary["teacher"],
+        "run": str(folders[0].parent if len(folders) > 1 else folders[0]), "members": len(folders),
+        "method": first["method"], "model": first["model"], "teacher": first["teacher"],
         "finals": finals, "mean": statistics.mean(finals),
         "std": statistics.stdev(finals) if len(finals) > 1 else None,
-        "ensemble": summary.get("ensemble_val_acc"), "task_lr": summary.get("task_lr"),
-        "stages": summary["stages"], "training_wall_s": summary["total_wall_s"],
-        "curves": curves,
+        "ensemble": ensemble, "disagreement": disagreement,
+        "task_lr": task_lrs[0] if len(task_lrs) == 1 else task_lrs,
+        "stages": _summed_stages(summaries), "training_wall_s": training_wall,
+        "curves": [curve for folder in folders for curve in student_curves(folder)],
         "elapsed_s": elapsed_s if elapsed_s > 1 else None,  # None: the run had finished before (adopted as it is)
         "threads": threads,
-        "core_hours": (max(elapsed_s, summary["total_wall_s"]) * threads) / 3600,
+        "core_hours": (max(elapsed_s, training_wall) * threads) / 3600,
         "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
         "config": config,
     }
     path.write_text(json.dumps(result, indent=1))
     return result
+
+
+def _ensemble(folders: list[Path], summaries: list[dict], config: dict) -> tuple[float | None, float | None]:
+    """The averaged-softmax accuracy and pairwise disagreement of the arm's students on the validation split."""
+    if len(folders) == 1:
+        return summaries[0].get("ensemble_val_acc"), summaries[0].get("ensemble_val_disagreement")
+    from fspkd.training.inference import evaluate_checkpoints
+
+    weights = [f / s["weights"] for f, summary in zip(folders, summaries) for s in summary["per_student"]]
+    split_seed = config["split_seed"] if config.get("split_seed") is not None else config["seed"]
+    found = evaluate_checkpoints(weights, data=config["data"], split="val", val_split=config["val_split"],
+                                 seed=split_seed, image_size=config.get("image_size"))
+    return found["ensemble_accuracy"], found["disagreement"]
+
+
+def _summed_stages(summaries: list[dict]) -> dict:
+    """Each stage's iterations and seconds, summed over the arm's runs."""
+    stages: dict[str, dict] = {}
+    for summary in summaries:
+        for name, stage in summary["stages"].items():
+            total = stages.setdefault(name, {})
+            for key, value in stage.items():
+                if key != "s_per_100_it":
+                    total[key] = total.get(key, 0) + value
+    for stage in stages.values():
+        stage["s_per_100_it"] = 100 * stage["wall_s"] / max(stage["iterations"], 1)
+    return stages
 
 
 # -- report --------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from fspkd.experiments.report import markdown_table, reached_text  # noqa: E402
 from fspkd.methods import get_method  # noqa: E402
 from fspkd.training.runlog import read_metrics  # noqa: E402
 
-BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")
+BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")  # the study's default arms; also: copy
 EVALS_PER_STAGE = 5  # validation points per task stage (eval_every = budget / 5)
 
 
@@ -42,13 +42,15 @@ def base_arm(name: str, budget: int) -> dict:
         return {"method": "plain", "task": task, "teacher": None, "teacher_model": None}
     if name == "kd":
         return {"method": "kd", "task": task}
+    if name == "copy":  # the paper's Teacher double-dagger: the teacher's weights, trained further on the task
+        return {"method": "copy", "task": task}
     if name == "fitnet":  # the paper's hint stage: lr 1e-4, / 10 at 25k of 35k iterations
         return {"method": "fitnet", "task": task,
                 "stage1": {"iterations": budget, "lr": 1e-4, "milestones": [round(budget * 25 / 35)]}}
     if name in ("fsp-paper", "fsp-best"):  # both stages equally long, as the paper's 21k + 21k
         return {"method": "fsp", "fsp_recipe": "paper" if name == "fsp-paper" else "fast",
                 "stage1": {"iterations": budget}, "task": {"iterations": budget}}
-    raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}")
+    raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}, copy")
 
 
 def arm_config(arm: str, budget: int, base: Mapping[str, Any]) -> RunConfig:

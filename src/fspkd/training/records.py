@@ -72,6 +72,13 @@ class Records:
         self.since_row[0] += 1
         self.since_row[1] += seconds
 
+    def add_setup(self, stage: str, seconds: float) -> None:
+        """Seconds a stage spent before its first step (building or reading stored teacher FSP): training wall
+        time, kept beside the stage's step time as ``setup_s``."""
+        self.wall += seconds
+        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0, "eval_s": 0.0})
+        stats["setup_s"] = stats.get("setup_s", 0.0) + seconds
+
     def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool, whole: bool = False) -> dict:
         """Append one metrics row (means over ranks), with validation / test accuracy when ``evaluate``: on the
         ``eval_images`` subset, or with ``whole`` (a stage's last step) on the whole splits, so that a curve ends

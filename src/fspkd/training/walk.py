@@ -90,7 +90,10 @@ def _train_stage(run: Run, records: Records, at: Position, saved: dict | None, p
         optimizer.load_state_dict(saved["optimizer"])
         loader.load_state_dict(saved["loader"])
         torch.set_rng_state(saved["rng"])
+    bound = time.perf_counter()
     note = method.bind_loader(stage, loader)
+    if stage == "stage1" and method.uses_stored_fsp:  # building (or reading) the store is part of stage 1's cost
+        records.add_setup(stage, time.perf_counter() - bound)
     stepper = Stepper(run, stage, optimizer)
     label = stage if config.students == 1 else f"student {at.student + 1} {stage}"
     bar = Progress(schedule.iterations, label, initial=at.iteration, enabled=progress and run.ctx.is_main)
