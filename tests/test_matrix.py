@@ -53,11 +53,34 @@ def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, mo
     assert json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())["finals"]
 
 
+def test_shuffled_students_and_weight_copies_fill_the_table1_view(tmp_path, monkeypatch):
+    spec = SPEC.replace("arms: [scratch, fsp, kd]", "arms: [scratch, fsp]").split("cells:")[0]
+    spec += ("table1: {cell: t, full: 4, third: 2}\n"
+             "cells:\n  t: {teacher: small, student: resnet8, budgets: [2, 4], extra_arms: [fsp-shuffled, copy]}\n")
+    (tmp_path / "m.yaml").write_text(spec)
+    monkeypatch.chdir(tmp_path)
+    assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
+    shuffled = json.loads((tmp_path / "results" / "t-b4-fsp-shuffled.json").read_text())
+    # one run per student, each with its own stage 1 on targets shuffled with its own seed
+    members = [tmp_path / "runs" / "t-b4-fsp-shuffled" / f"member-{k}" for k in (1, 2)]
+    assert shuffled["members"] == 2 and len(shuffled["finals"]) == 2 and len(shuffled["curves"]) == 2
+    assert [json.loads((m / "summary.json").read_text())["stages"]["stage1"]["iterations"] for m in members] == [4, 4]
+    assert shuffled["stages"]["stage1"]["iterations"] == 8
+    assert 0 <= shuffled["ensemble"] <= 100 and 0 <= shuffled["disagreement"] <= 100
+    copy = json.loads((tmp_path / "results" / "t-b4-copy.json").read_text())
+    assert copy["method"] == "copy" and len(copy["finals"]) == 2 and copy["disagreement"] is not None
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert "## The paper's Table 1 at our scale: cell (t)" in report
+    assert report.count("not run yet") == 0 and "| Student*† at a third | 2 |" in report
+
+
 @pytest.mark.parametrize("change, words", [
     ("cells:\n  x: {teacher: big, student: resnet8, budgets: [4]}\n", "cell 'x' needs a student and a teacher"),
     ("cells:\n  x: {teacher: small, student: resnet8, budgets: [0]}\n", "positive task-stage iterations"),
     ("arms: [scratch, dream]\n", "unknown arm 'dream'"),
     ("cells:\n  x: {teacher: small, student: resnet8, budgets: [4], extra_arms: [fsp-magic]}\n", "unknown arm"),
+    ("cells:\n  x: {teacher: small, student: resnet8, budgets: [4]}\ntable1: {cell: x, full: 4, third: 2}\n",
+     "table1 needs a cell and two of its budgets"),
 ])
 def test_a_bad_matrix_is_refused_in_one_line(tmp_path, change, words):
     head, _, _ = SPEC.partition("cells:" if change.startswith("cells") else "arms:")

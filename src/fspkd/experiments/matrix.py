@@ -60,7 +60,19 @@ def load_spec(path: str | Path) -> dict:
         budgets = cell.get("budgets")
         if not budgets or not all(isinstance(b, int) and b > 0 for b in budgets):
             raise FspkdError(f"{path}: cell {name!r} needs budgets, a list of positive task-stage iterations")
+    _check_table1(spec, path)
     return spec
+
+
+def _check_table1(spec: dict, path) -> None:
+    """``table1: {cell, full, third}``: a cell and two of its budgets (the paper's Table 1 view of the report)."""
+    table = spec.get("table1")
+    if table is None:
+        return
+    cell = spec["cells"].get(table.get("cell")) if isinstance(table, dict) else None
+    if cell is None or not {table.get("full"), table.get("third")} <= set(cell["budgets"]):
+        raise FspkdError(f"{path}: table1 needs a cell and two of its budgets, full and third, e.g. "
+                         "{cell: a, full: 1500, third: 500}")
 
 
 def select_cells(spec: dict, cells: str | None) -> list[str]:
@@ -214,10 +226,12 @@ def load_results(results: Path) -> dict[str, dict]:
 
 def write_matrix_report(spec: dict, results: Path) -> str:
     """``results/report.md``: per cell and budget, one table and one figure, from the result files."""
-    from fspkd.experiments.matrix_report import cell_section, teacher_table
+    from fspkd.experiments.matrix_report import cell_section, table1_section, teacher_table
 
     found = load_results(results)
     sections = [teacher_table(spec, found)]
+    if "table1" in spec:
+        sections.append(table1_section(spec, found))
     for cell, setting in spec["cells"].items():
         for budget in setting["budgets"]:
             arms = {arm: found.get(arm_key(cell, setting["student"], budget, arm)) for arm in cell_arms(spec, cell)}
