@@ -46,11 +46,18 @@ def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, mo
         raise AssertionError("a finished arm was trained again")
     monkeypatch.setattr("fspkd.training.run.train", refuse)
     assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
-    # a deleted result is rebuilt from its finished run folder, still without training
+    # a deleted result is rebuilt from its finished run folder, still without training; a summary of an earlier
+    # version, without the ensemble's disagreement, has it measured again from the students' weights
+    kd = json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())
     (tmp_path / "results" / "y-b4-kd.json").unlink()
+    summary = json.loads((tmp_path / "runs" / "y-b4-kd" / "summary.json").read_text())
+    del summary["ensemble_val_disagreement"]
+    (tmp_path / "runs" / "y-b4-kd" / "summary.json").write_text(json.dumps(summary))
     assert main(["study", "--matrix", "m.yaml", "--cells", "y", "--out", "runs", "--results", "results",
                  "--quiet"]) == 0
-    assert json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())["finals"]
+    rebuilt = json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())
+    assert rebuilt["finals"] == kd["finals"] and rebuilt["disagreement"] == pytest.approx(kd["disagreement"])
+    assert rebuilt["ensemble"] == pytest.approx(kd["ensemble"])
 
 
 def test_shuffled_students_and_weight_copies_fill_the_table1_view(tmp_path, monkeypatch):

@@ -193,9 +193,13 @@ def write_result(path: Path, folders: list[Path], elapsed_s: float) -> dict:
 
 
 def _ensemble(folders: list[Path], summaries: list[dict], config: dict) -> tuple[float | None, float | None]:
-    """The averaged-softmax accuracy and pairwise disagreement of the arm's students on the validation split."""
-    if len(folders) == 1:
-        return summaries[0].get("ensemble_val_acc"), summaries[0].get("ensemble_val_disagreement")
+    """The averaged-softmax accuracy and pairwise disagreement of the arm's students on the validation split: from
+    the run's summary, or measured again from the members' weights (several runs, or a summary of an earlier
+    version without the disagreement)."""
+    if len(folders) == 1 and summaries[0].get("ensemble_val_disagreement") is not None:
+        return summaries[0]["ensemble_val_acc"], summaries[0]["ensemble_val_disagreement"]
+    if sum(len(summary["per_student"]) for summary in summaries) < 2:
+        return None, None
     from fspkd.training.inference import evaluate_checkpoints
 
     weights = [f / s["weights"] for f, summary in zip(folders, summaries) for s in summary["per_student"]]
