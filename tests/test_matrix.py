@@ -81,6 +81,18 @@ def test_shuffled_students_and_weight_copies_fill_the_table1_view(tmp_path, monk
     assert report.count("not run yet") == 0 and "| Student*† at a third | 2 |" in report
 
 
+def test_arms_and_budgets_pick_part_of_a_cell_for_a_second_process(tmp_path, monkeypatch, capsys):
+    spec = SPEC.split("cells:")[0] + "cells:\n  x: {teacher: small, student: resnet8, budgets: [2, 4]}\n"
+    (tmp_path / "m.yaml").write_text(spec)
+    monkeypatch.chdir(tmp_path)
+    command = ["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]
+    assert main([*command, "--arms", "kd;scratch", "--budgets", "4"]) == 0
+    names = sorted(p.stem for p in (tmp_path / "results").glob("*.json"))
+    assert names == ["scratch-resnet8-b4", "teacher-small", "x-b4-kd"]
+    assert main([*command, "--arms", "fitnet"]) != 0
+    assert "--arms: no arm fitnet in these cells" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("change, words", [
     ("cells:\n  x: {teacher: big, student: resnet8, budgets: [4]}\n", "cell 'x' needs a student and a teacher"),
     ("cells:\n  x: {teacher: small, student: resnet8, budgets: [0]}\n", "positive task-stage iterations"),

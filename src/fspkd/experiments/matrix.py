@@ -105,17 +105,23 @@ def teacher_folder(out: Path, name: str) -> Path:
 
 
 # -- running -----------------------------------------------------------------------------------------------------
-def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress: bool = True) -> str:
-    """Train every arm of ``cells`` that has no result yet, writing each result as it ends; return the report."""
+def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress: bool = True,
+               arms: list[str] | None = None, budgets: list[int] | None = None) -> str:
+    """Train every arm of ``cells`` (only ``arms`` and ``budgets`` where given) that has no result yet, writing each
+    result as it ends; return the report."""
     from fspkd.training.run import train
 
+    known = {arm for cell in cells for arm in cell_arms(spec, cell)}
+    unknown = sorted(set(arms or []) - known)
+    if unknown:
+        raise FspkdError(f"--arms: no arm {', '.join(unknown)} in these cells; they have {', '.join(sorted(known))}")
     results.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         setting = spec["cells"][cell]
         teacher = prepare_teacher(spec, setting["teacher"], out, results, progress)
         base = {**shared_settings(spec), "model": setting["student"], **teacher}
-        for budget in setting["budgets"]:
-            for arm in cell_arms(spec, cell):
+        for budget in [b for b in setting["budgets"] if not budgets or b in budgets]:
+            for arm in [a for a in cell_arms(spec, cell) if not arms or a in arms]:
                 key = arm_key(cell, setting["student"], budget, arm)
                 if (results / f"{key}.json").exists():
                     continue

@@ -16,9 +16,11 @@ def add_study_parser(sub) -> None:
             ("--teacher", "../shared/weights/resnet20-12fca82f.th", "teacher checkpoint"),
             ("--teacher-model", "resnet20", "the teacher's architecture"),
             ("--model", "resnet20", "the students' architecture"),
-            ("--budgets", "500", "comma-separated task-stage iterations (default 500)"),
+            ("--budgets", None, "comma-separated task-stage iterations (default 500; with --matrix: only these of "
+             "each cell's budgets)"),
             ("--arms", None, "arms separated by ';', each a base arm (scratch, fsp-paper, fsp-best, kd, fitnet) "
-             "optionally followed by :key=value,... overrides (default: the five base arms)"),
+             "optionally followed by :key=value,... overrides (default: the five base arms); with --matrix: only "
+             "these of the matrix's arms, e.g. 'kd;fitnet' (so that two processes can share a cell)"),
             ("--reference", None, "the arm whose final mean accuracy and wall time the others' time to accuracy "
              "is measured against (default: scratch)"),
             ("--cells", None, "with --matrix: comma-separated cells to run (default: all)"),
@@ -40,8 +42,8 @@ def _study(args) -> int:
         return _matrix(args)
     from fspkd.experiments.study import BASE_ARMS, run_study, write_report
 
-    arms = [a for a in args.arms.split(";") if a] if args.arms else list(BASE_ARMS)
-    budgets = [int(b) for b in args.budgets.split(",") if b]
+    arms = _arms(args) or list(BASE_ARMS)
+    budgets = _budgets(args) or [500]
     base = {"data": args.data, "val_split": args.val_split, "normalize": args.normalize, "teacher": args.teacher,
             "teacher_model": args.teacher_model, "model": args.model, "students": args.students, "seed": args.seed}
     if args.report_only:
@@ -60,5 +62,19 @@ def _matrix(args) -> int:
     if args.report_only:
         print(matrix.write_matrix_report(spec, results))
     else:
-        print(matrix.run_matrix(spec, cells, out, results, progress=not args.quiet))
+        print(matrix.run_matrix(spec, cells, out, results, progress=not args.quiet, arms=_arms(args),
+                                budgets=_budgets(args)))
     return 0
+
+
+def _arms(args) -> list[str] | None:
+    return [a for a in args.arms.split(";") if a] if args.arms else None
+
+
+def _budgets(args) -> list[int] | None:
+    from fspkd.core.errors import FspkdError
+
+    try:
+        return [int(b) for b in args.budgets.split(",") if b] if args.budgets else None
+    except ValueError:
+        raise FspkdError(f"--budgets must be comma-separated whole numbers, got {args.budgets!r}") from None
