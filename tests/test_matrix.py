@@ -41,11 +41,16 @@ def test_a_tiny_matrix_writes_one_result_per_arm_and_shares_scratch(tmp_path, mo
     assert "earlier gain of 1.00 points kept" in report  # only cell x names a gain to keep
     assert (tmp_path / "results" / "figures" / "cell-y-b4.png").stat().st_size > 0
 
-    # a re-run trains nothing: every arm has its result
+    # a re-run trains nothing: every arm has its result; a result of an earlier version, without the ensemble's
+    # disagreement, gets it from the students' weights and keeps everything else
     def refuse(*args, **kwargs):
         raise AssertionError("a finished arm was trained again")
     monkeypatch.setattr("fspkd.training.run.train", refuse)
+    old = {k: v for k, v in fsp.items() if k != "disagreement"}
+    (tmp_path / "results" / "x-b4-fsp.json").write_text(json.dumps(old))
     assert main(["study", "--matrix", "m.yaml", "--out", "runs", "--results", "results", "--quiet"]) == 0
+    refreshed = json.loads((tmp_path / "results" / "x-b4-fsp.json").read_text())
+    assert refreshed.pop("disagreement") == pytest.approx(fsp["disagreement"]) and refreshed == old
     # a deleted result is rebuilt from its finished run folder, still without training; a summary of an earlier
     # version, without the ensemble's disagreement, has it measured again from the students' weights
     kd = json.loads((tmp_path / "results" / "y-b4-kd.json").read_text())

@@ -21,6 +21,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from fspkd.core.atomic import write_text_atomic
 from fspkd.core.config import load_yaml
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
@@ -123,16 +124,19 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
         for budget in [b for b in setting["budgets"] if not budgets or b in budgets]:
             for arm in [a for a in cell_arms(spec, cell) if not arms or a in arms]:
                 key = arm_key(cell, setting["student"], budget, arm)
+                runs = arm_runs(arm, budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)}, out / key)
+                folders = [folder for folder, _ in runs]
                 if (results / f"{key}.json").exists():
+                    add_disagreement(results / f"{key}.json", folders)
                     continue
                 if progress:
                     print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
-                started = time.perf_counter()
-                runs = arm_runs(arm, budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)}, out / key)
+                started, trained = time.perf_counter(), False
                 for folder, config in runs:
                     if not (folder / "summary.json").exists():
                         train(config, folder, resume=True, progress=progress)
-                write_result(results / f"{key}.json", [folder for folder, _ in runs], time.perf_counter() - started)
+                        trained = True
+                write_result(results / f"{key}.json", folders, time.perf_counter() - started if trained else None)
     return write_matrix_report(spec, results)
 
 
@@ -160,16 +164,17 @@ def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: b
                  "eval_every": teacher.get("eval_every", 500)}
         if progress:
             print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
-        started = time.perf_counter()
-        if not (folder / "summary.json").exists():
+        started, trained = time.perf_counter(), not (folder / "summary.json").exists()
+        if trained:
             train(resolve_config(given), folder, resume=True, progress=progress)
-        write_result(record, [folder], time.perf_counter() - started)
+        write_result(record, [folder], time.perf_counter() - started if trained else None)
     return {"teacher": str(folder / "final.pt"), "teacher_model": None}
 
 
-def write_result(path: Path, folders: list[Path], elapsed_s: float) -> dict:
+def write_result(path: Path, folders: list[Path], elapsed_s: float | None) -> dict:
     """One finished arm (its run, or its members' runs) as a JSON result: per-student accuracies and curves, the
-    ensemble and its disagreement, wall times and cost."""
+    ensemble and its disagreement, wall times and cost. ``elapsed_s`` is None for runs that had finished before
+    (adopted as they are)."""
     import torch
 
     summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
@@ -188,14 +193,24 @@ def write_result(path: Path, folders: list[Path], elapsed_s: float) -> dict:
         "task_lr": task_lrs[0] if len(task_lrs) == 1 else task_lrs,
         "stages": _summed_stages(summaries), "training_wall_s": training_wall,
         "curves": [curve for folder in folders for curve in student_curves(folder)],
-        "elapsed_s": elapsed_s if elapsed_s > 1 else None,  # None: the run had finished before (adopted as it is)
-        "threads": threads,
-        "core_hours": (max(elapsed_s, training_wall) * threads) / 3600,
+        "elapsed_s": elapsed_s, "threads": threads,
+        "core_hours": (max(elapsed_s or 0.0, training_wall) * threads) / 3600,
         "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
         "config": config,
     }
-    path.write_text(json.dumps(result, indent=1))
+    write_text_atomic(path, json.dumps(result, indent=1))
     return result
+
+
+def add_disagreement(path: Path, folders: list[Path]) -> None:
+    """Give a result of an earlier version, written before ensembles reported it, its ensemble's disagreement,
+    measured from the students' weights; everything else in it stays as it was."""
+    result = json.loads(path.read_text())
+    if "disagreement" in result or not all((f / "summary.json").exists() for f in folders):
+        return
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    _, result["disagreement"] = _ensemble(folders, summaries, load_yaml(folders[0] / "config.yaml"))
+    write_text_atomic(path, json.dumps(result, indent=1))
 
 
 def _ensemble(folders: list[Path], summaries: list[dict], config: dict) -> tuple[float | None, float | None]:
