@@ -22,7 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from fspkd.core.atomic import write_text_atomic
-from fspkd.core.config import load_yaml
+from fspkd.core.config import RunConfig, load_yaml
 from fspkd.core.errors import FspkdError
 from fspkd.core.settings import resolve_config
 from fspkd.experiments.study import EVALS_PER_STAGE, arm_config, student_curves
@@ -224,9 +224,9 @@ def _ensemble(folders: list[Path], summaries: list[dict], config: dict) -> tuple
     from fspkd.training.inference import evaluate_checkpoints
 
     weights = [f / s["weights"] for f, summary in zip(folders, summaries) for s in summary["per_student"]]
-    split_seed = config["split_seed"] if config.get("split_seed") is not None else config["seed"]
-    found = evaluate_checkpoints(weights, data=config["data"], split="val", val_split=config["val_split"],
-                                 seed=split_seed, image_size=config.get("image_size"))
+    run = RunConfig.from_dict(config)
+    found = evaluate_checkpoints(weights, data=run.data, split="val", val_split=run.val_split,
+                                 seed=run.held_out_seed, image_size=run.image_size)
     return found["ensemble_accuracy"], found["disagreement"]
 
 

@@ -31,7 +31,8 @@ from fspkd.experiments.report import markdown_table, reached_text  # noqa: E402
 from fspkd.methods import get_method  # noqa: E402
 from fspkd.training.runlog import read_metrics  # noqa: E402
 
-BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")  # the study's default arms; also: copy
+BASE_ARMS = ("scratch", "fsp-paper", "fsp-best", "kd", "fitnet")  # the study's default arms
+ARM_NAMES = (*BASE_ARMS, "copy")  # copy (the paper's Teacher double-dagger) only where named
 EVALS_PER_STAGE = 5  # validation points per task stage (eval_every = budget / 5)
 
 
@@ -50,7 +51,7 @@ def base_arm(name: str, budget: int) -> dict:
     if name in ("fsp-paper", "fsp-best"):  # both stages equally long, as the paper's 21k + 21k
         return {"method": "fsp", "fsp_recipe": "paper" if name == "fsp-paper" else "fast",
                 "stage1": {"iterations": budget}, "task": {"iterations": budget}}
-    raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(BASE_ARMS)}, copy")
+    raise FspkdError(f"unknown study arm {name!r}; base arms: {', '.join(ARM_NAMES)}")
 
 
 def arm_config(arm: str, budget: int, base: Mapping[str, Any]) -> RunConfig:

@@ -64,9 +64,12 @@ class Records:
         self.final_predictions: dict | None = None  # whole-split predictions of the last evaluated step
 
     # -- metrics rows ---------------------------------------------------------------------------------------
+    def _stats(self, stage: str) -> dict:
+        return self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0, "eval_s": 0.0})
+
     def add_step(self, stage: str, seconds: float) -> None:
         self.wall += seconds
-        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0, "eval_s": 0.0})
+        stats = self._stats(stage)
         stats["iterations"] += 1
         stats["wall_s"] += seconds
         self.since_row[0] += 1
@@ -76,7 +79,7 @@ class Records:
         """Seconds a stage spent before its first step (building or reading stored teacher FSP): training wall
         time, kept beside the stage's step time as ``setup_s``."""
         self.wall += seconds
-        stats = self.stage_stats.setdefault(stage, {"iterations": 0, "wall_s": 0.0, "eval_s": 0.0})
+        stats = self._stats(stage)
         stats["setup_s"] = stats.get("setup_s", 0.0) + seconds
 
     def log(self, position: Position, stage: str, output: dict, labels, evaluate: bool, whole: bool = False) -> dict:
