@@ -10,6 +10,7 @@ each ratio is the median of the per-repeat ratios, with their range beside it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import time
 from types import SimpleNamespace
@@ -24,6 +25,9 @@ from fspkd.training.distributed import Context
 from fspkd.training.step import Stepper
 
 SETTINGS = {"fsp_recipe": "paper", "fast_teacher": False}  # raw matrices, the teacher as loaded: as a hand loop
+# one small constant learning rate for every way: the raw Eq. 2 loss is large, and the same steps keep the three
+# ways on the same weights for the whole bench
+LR = 1e-6
 
 
 def step_cases(student: torch.nn.Module, teacher: torch.nn.Module, batches, device: torch.device) -> dict:
@@ -57,7 +61,7 @@ def _by_hand(student, teacher, batches) -> Callable[[int], torch.Tensor]:
     student_pairs, teacher_pairs = student.fsp_pairs("before"), teacher.fsp_pairs("before")
     student_taps = FeatureTaps(student, sorted({t for pair in student_pairs for t in pair}))
     teacher_taps = FeatureTaps(teacher, sorted({t for pair in teacher_pairs for t in pair}))
-    optimizer = torch.optim.SGD(student.parameters(), lr=1e-6, momentum=0.9)
+    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=0.9)
     student.train()
 
     def step(i: int) -> None:
@@ -79,7 +83,7 @@ def _by_hand(student, teacher, batches) -> Callable[[int], torch.Tensor]:
 def _distiller_step(student, teacher, batches) -> Callable[[int], torch.Tensor]:
     distiller = Distiller(student, teacher, method="fsp", **SETTINGS).train()
     distiller.check(batches[0][0])
-    optimizer = torch.optim.SGD(distiller.parameters(), lr=1e-6, momentum=0.9)
+    optimizer = torch.optim.SGD(distiller.parameters(), lr=LR, momentum=0.9)
 
     def step(i: int) -> None:
         images, labels = batches[i % len(batches)][:2]
@@ -97,7 +101,8 @@ def _engine_step(student, teacher, batches, device: torch.device) -> Callable[[i
     distiller.check(batches[0][0])
     run = SimpleNamespace(distiller=distiller, method=distiller.built(), student=student, config=distiller.config,
                           ctx=Context(device=device))
-    stepper = Stepper(run, "stage1", torch.optim.SGD(distiller.parameters(), lr=1e-6, momentum=0.9))
+    stepper = Stepper(run, "stage1", torch.optim.SGD(distiller.parameters(), lr=LR, momentum=0.9))
+    stepper.schedule = dataclasses.replace(stepper.schedule, lr=LR, milestones=[], warmup=0)  # not the recipe's
 
     def step(i: int) -> None:
         images, labels = batches[i % len(batches)][:2]
