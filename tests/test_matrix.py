@@ -119,3 +119,15 @@ def test_the_shipped_matrix_names_the_issue_cells():
     assert list(spec["cells"]) == ["a", "b", "c", "d", "e", "f", "g", "h"]
     with pytest.raises(FspkdError, match="no cell z"):
         matrix.select_cells(spec, "a,z")
+
+
+def test_the_table1_wall_ratio_at_equal_step_price_ignores_the_load_an_arm_ran_under():
+    from fspkd.experiments.matrix_report import _equal_price_ratio
+
+    scratch = {"training_wall_s": 300.0, "stages": {"task": {"iterations": 300, "wall_s": 300.0}}}
+    # a third of the task iterations plus a stage 1 as long, under twice the load: 2/3 of scratch's steps
+    student = {"training_wall_s": 400.0, "stages": {"stage1": {"iterations": 100, "wall_s": 200.0},
+                                                    "task": {"iterations": 100, "wall_s": 200.0, "eval_s": 50.0}}}
+    assert student["training_wall_s"] / scratch["training_wall_s"] == pytest.approx(4 / 3)
+    assert _equal_price_ratio(student, scratch) == "0.67"
+    assert _equal_price_ratio(student, None) == "-"
