@@ -131,3 +131,11 @@ def test_the_table1_wall_ratio_at_equal_step_price_ignores_the_load_an_arm_ran_u
     assert student["training_wall_s"] / scratch["training_wall_s"] == pytest.approx(4 / 3)
     assert _equal_price_ratio(student, scratch) == "0.67"
     assert _equal_price_ratio(student, None) == "-"
+
+
+def test_the_table1_rows_not_run_yet_keep_the_table_s_columns():
+    from fspkd.experiments.matrix_report import table1_section
+
+    spec = {"table1": {"cell": "t", "full": 4, "third": 2}, "cells": {"t": {"student": "resnet8"}}}
+    lines = [line for line in table1_section(spec, {}).splitlines() if line.startswith("|")]
+    assert len(lines) == 8 and len({line.count("|") for line in lines}) == 1

@@ -47,18 +47,18 @@ def table1_section(spec: dict, found: dict[str, dict]) -> str:
     table = spec["table1"]
     student = spec["cells"][table["cell"]]["student"]
     scratch = found.get(arm_key(table["cell"], student, table["full"], "scratch"))
+    header = ["row", "task its per student", "val acc (%) mean ± std", "ensemble (%)", "disagreement (%)",
+              "training wall (s, all members)", "wall / scratch row's", "at equal step price",
+              "paper: mean / ensemble"]
     rows = []
     for label, arm, budget, paper in TABLE1_ROWS:
         r = found.get(arm_key(table["cell"], student, table[budget], arm))
         if r is None:
-            rows.append([label, table[budget], "not run yet", *["-"] * 4, _paper(paper)])
+            rows.append([label, table[budget], "not run yet", *["-"] * (len(header) - 4), _paper(paper)])
             continue
         ratio = f"{r['training_wall_s'] / scratch['training_wall_s']:.2f}" if scratch else "-"
         rows.append([label, table[budget], _mean_std(r), r["ensemble"], r.get("disagreement"),
                      round(r["training_wall_s"]), ratio, _equal_price_ratio(r, scratch), _paper(paper)])
-    header = ["row", "task its per student", "val acc (%) mean ± std", "ensemble (%)", "disagreement (%)",
-              "training wall (s, all members)", "wall / scratch row's", "at equal step price",
-              "paper: mean / ensemble"]
     return (f"## The paper's Table 1 at our scale: cell ({table['cell']})\n\n" + markdown_table(header, rows)
             + "\n\nDisagreement: the share of validation images on which two members' predictions differ, the mean "
             "over pairs. Training wall: every member's optimiser steps, stage 1 (shared or each member's own), the lr "
