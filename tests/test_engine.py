@@ -239,3 +239,19 @@ def test_eval_images_0_evaluates_the_whole_splits_every_time(tmp_path, evaluated
     train(tiny(eval_images=0, task=Schedule(iterations=4, lr=0.05)), tmp_path / "run", progress=False)
     assert evaluated == [30, 100]  # the last step's evaluation is the student's final one
     assert [r["eval_images"] for r in read_rows(tmp_path / "run" / "metrics.csv") if r["val_acc"]] == ["100"]
+
+
+def test_the_cadence_subset_is_a_seeded_draw_with_every_class_of_a_class_sorted_split():
+    from types import SimpleNamespace
+
+    from fspkd.data import ImageSet
+    from fspkd.training.records import Records
+
+    # an image tree's split keeps its order, class by class: its first 50 images would be one class
+    labels = torch.arange(10).repeat_interleave(100)
+    split = ImageSet(torch.arange(1000).view(1000, 1, 1, 1).expand(1000, 3, 1, 1).to(torch.uint8), labels)
+    records = SimpleNamespace(run=SimpleNamespace(splits=SimpleNamespace(val=split)))
+    subset = Records._held_out(records, "val", 50)
+    assert len(subset) == 50 and torch.bincount(subset.labels, minlength=10).max() <= 10
+    assert torch.equal(subset.labels, Records._held_out(records, "val", 50).labels)  # the same at every call
+    assert Records._held_out(records, "val", 0) is split

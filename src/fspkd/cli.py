@@ -26,8 +26,8 @@ RUN_FLAGS = {
     "--split-seed": ("split_seed", int, "seed of the --val-split hold-out (default: --seed), to vary --seed on "
                      "one validation split"),
     "--eval-every": ("eval_every", int, "iterations between evaluations and checkpoints (default 500)"),
-    "--eval-images": ("eval_images", int, "held-out images per split in those evaluations (default 512; 0 = all); "
-                      "the evaluation that ends the run (summary.json) takes all"),
+    "--eval-images": ("eval_images", int, "held-out images per split in those evaluations, one seeded draw (default "
+                      "512; 0 = all); the evaluation that ends the run (summary.json) takes all"),
     "--model": ("model", str, "the student: a name from 'fspkd models' or your package.module:factory"),
     "--precision": ("precision", str, "fp32 (default) | bf16 | fp16 autocast; FSP matrices stay float32"),
     "--log": ("log", str, "csv (default: metrics.csv only) | tensorboard | wandb (extras fspkd[tensorboard|wandb])"),

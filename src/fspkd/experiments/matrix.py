@@ -193,6 +193,7 @@ def write_result(path: Path, folders: list[Path], elapsed_s: float | None) -> di
         "task_lr": task_lrs[0] if len(task_lrs) == 1 else task_lrs,
         "stages": _summed_stages(summaries), "training_wall_s": training_wall,
         "curves": [curve for folder in folders for curve in student_curves(folder)],
+        "cadence_subset": first.get("cadence_subset"),  # None: the curves' inner points are not comparable
         "elapsed_s": elapsed_s, "threads": threads,
         "core_hours": (max(elapsed_s or 0.0, training_wall) * threads) / 3600,
         "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),

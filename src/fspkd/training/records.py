@@ -26,6 +26,8 @@ from fspkd.training.loggers import open_tracker
 from fspkd.training.runlog import MetricsFile
 
 PROBE_NOTE = "# task.lr chosen by the probe over task_lr_candidates:"
+CADENCE_SEED = 0  # draws the held-out subset of the evaluations between a stage's ends
+CADENCE_SUBSET = "seeded draw"  # summary.json says how that subset was taken (earlier runs: the first images)
 
 
 @dataclass(frozen=True, order=True)
@@ -176,11 +178,14 @@ class Records:
         return results
 
     def _held_out(self, split: str, limit: int) -> ImageSet | None:
-        """The split's first ``limit`` images (all for 0): a fixed subset, as the split itself is fixed by its seed."""
+        """``limit`` images of the split (all for 0), drawn with a fixed seed: the same subset at every evaluation
+        and in every run on the same split. A draw, not the split's first images: a split keeps its source's
+        order, which may be sorted by class (an image tree), and its first images would be one or two classes."""
         images = getattr(self.run.splits, split)
         if images is None or not 0 < limit < len(images):
             return images
-        return ImageSet(images.images[:limit], images.labels[:limit])
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(CADENCE_SEED))
+        return images.subset(order[:limit].sort().values)
 
     def evaluate_student(self, student: int) -> dict:
         """The student's final accuracies on the whole splits: those of its task stage's last step when that was
@@ -251,6 +256,7 @@ class Records:
         summary["total_iterations"] = sum(s["iterations"] for s in self.stage_stats.values())
         summary["total_wall_s"] = self.wall
         summary["eval_wall_s"] = sum(s.get("eval_s", 0.0) for s in self.stage_stats.values())
+        summary["cadence_subset"] = CADENCE_SUBSET
         if self.run.ctx.is_main:
             write_text_atomic(self.out / "summary.json", json.dumps(summary, indent=2))
         return summary
