@@ -71,6 +71,7 @@ def check_against_summaries(results: dict, out: Path) -> None:
             assert row["ensemble"] == again["ensemble_accuracy"]
     report = (out / "report.md").read_text()
     assert f"--scale {SCALE:g}" in report and "not the paper's claim" in report
+    assert "None" not in report  # an unset size or run is said in words, not printed as None
     assert (out / "figure3.png").stat().st_size > 0
     for row in results["rows"]:
         assert row["label"] in report

@@ -140,7 +140,8 @@ def scale_notice(results: Mapping) -> str:
     changed += [f"`--set {k}={v}`" for k, v in overrides["settings"].items()]
     changed += [f"`--model-override {k}={v}`" for k, v in overrides["models"].items()]
     split = "validation split held out of the training set" if results["split"] == "val" else "test split"
-    lines = [f"Data: `{results['data']}` at {size['ours']} x {size['ours']} pixels; our accuracies are on its "
+    pixels = "its own image size" if size["ours"] is None else f"{size['ours']} x {size['ours']} pixels"
+    lines = [f"Data: `{results['data']}` at {pixels}; our accuracies are on its "
              f"**{split}** ({results['split']}_acc). The paper's: {results['paper_data']}."]
     if changed:
         lines.insert(0, f"**Not the paper's setting: this run used {', '.join(changed)}. Its numbers show the "
@@ -184,16 +185,20 @@ def _hours(hours: float | None) -> str | None:
     return None if hours is None else f"{hours:.3g}"
 
 
+def _run(name: str | None) -> str:
+    return "" if name is None else f" (run {name})"
+
+
 def _timing_section(results: Mapping) -> str:
     timing, paper = results["timing"], results["paper_timing"]
     live, stored = timing["stage1_live_s_per_100_it"], timing["stage1_stored_s_per_100_it"]
     header = ["", "ours", "paper (one GPU)"]
     table = markdown_table(header, [
-        [f"normal training (run {timing['normal_run']}), s / 100 it", timing["normal_s_per_100_it"],
+        [f"normal training{_run(timing['normal_run'])}, s / 100 it", timing["normal_s_per_100_it"],
          paper.get("normal_s_per_100_it")],
-        [f"stage 1, live teacher FSP (run {timing['stage1_run']}), s / 100 it",
+        [f"stage 1, live teacher FSP{_run(timing['stage1_run'])}, s / 100 it",
          live if live is not None else timing["stage1_live_note"], paper.get("stage1_live_s_per_100_it")],
-        [f"stage 1, stored teacher FSP (run {timing['stage1_stored_run']}), s / 100 it",
+        [f"stage 1, stored teacher FSP{_run(timing['stage1_stored_run'])}, s / 100 it",
          stored if stored is not None else timing["stage1_stored_note"], paper.get("stage1_stored_s_per_100_it")],
     ])
     rows = markdown_table(["Row", "#Iter", "hours", "speed-up over the teacher row", "parameters"],
