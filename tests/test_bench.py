@@ -66,3 +66,13 @@ def test_the_overhead_cases_take_the_same_step_and_report_ratios_with_their_rang
                                                                "peak_mb": {"batch_loader": None,
                                                                            "per_image_pil": None}},
                                                       "overhead": result})
+
+
+def test_the_overhead_cases_stay_finite_under_a_deep_random_teacher():
+    # the raw Eq. 2 loss of a random ResNet-56 overflowed within 10 steps of lr 1e-6 and ended the bench
+    torch.manual_seed(0)
+    batches = [(torch.randn(16, 3, 32, 32), torch.arange(16) % 10)]
+    cases = step_cases(create("resnet20"), create("resnet56"), batches, torch.device("cpu"))
+    for i in range(10):
+        losses = [case(i) for case in cases.values()]
+        assert all(torch.isfinite(loss) and torch.allclose(losses[0], loss, rtol=1e-5) for loss in losses)
