@@ -64,6 +64,7 @@ class Records:
         self.stage_stats: dict[str, dict] = {}
         self.since_row = [0, 0.0]  # steps and seconds since the last metrics row: its images per second
         self.final_predictions: dict | None = None  # whole-split predictions of the last evaluated step
+        self.cadence_subsets: dict[tuple[str, int], ImageSet] = {}  # (split, limit) -> its drawn images
 
     # -- metrics rows ---------------------------------------------------------------------------------------
     def _stats(self, stage: str) -> dict:
@@ -95,8 +96,8 @@ class Records:
         return row
 
     def _cadence_evaluation(self, stage: str, limit: int) -> dict:
-        """Accuracies on the first ``eval_images`` images of each held-out split (``eval_images``: how many a
-        split gave at most), its seconds added to the stage's ``eval_s``; ``wall`` (optimiser steps) is left as is,
+        """Accuracies on ``limit`` drawn images of each held-out split (``eval_images``: how many a split gave at
+        most), its seconds added to the stage's ``eval_s``; ``wall`` (optimiser steps) is left as is,
         so time to accuracy does not count the evaluations."""
         started = time.perf_counter()
         results = self.held_out_predictions(limit)
@@ -168,7 +169,7 @@ class Records:
     # -- evaluation -----------------------------------------------------------------------------------------
     def held_out_predictions(self, limit: int = 0) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
         """Accuracy, softmax probabilities and labels of the student on each held-out split ('val', 'test'), on
-        its first ``limit`` images (0: all of them)."""
+        ``limit`` of its images, drawn once (0: all of them)."""
         run, results = self.run, {}
         for split in ("val", "test"):
             if (images := self._held_out(split, limit)) is not None:
@@ -184,8 +185,10 @@ class Records:
         images = getattr(self.run.splits, split)
         if images is None or not 0 < limit < len(images):
             return images
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(CADENCE_SEED))
-        return images.subset(order[:limit].sort().values)
+        if (split, limit) not in self.cadence_subsets:
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(CADENCE_SEED))
+            self.cadence_subsets[split, limit] = images.subset(order[:limit])
+        return self.cadence_subsets[split, limit]
 
     def evaluate_student(self, student: int) -> dict:
         """The student's final accuracies on the whole splits: those of its task stage's last step when that was
