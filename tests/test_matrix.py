@@ -122,13 +122,20 @@ def test_the_shipped_matrix_names_the_issue_cells():
 
 
 def test_the_table1_wall_ratio_at_equal_step_price_ignores_the_load_an_arm_ran_under():
-    from fspkd.experiments.matrix_report import _equal_price_ratio
+    from fspkd.experiments.matrix_report import _equal_price_ratio, table1_section
 
-    scratch = {"training_wall_s": 300.0, "stages": {"task": {"iterations": 300, "wall_s": 300.0}}}
+    def result(wall: float, stages: dict) -> dict:
+        return {"training_wall_s": wall, "stages": stages, "finals": [70.0, 71.0], "mean": 70.5, "std": 0.7,
+                "ensemble": 72.0, "disagreement": 10.0}
+
+    scratch = result(300.0, {"task": {"iterations": 300, "wall_s": 300.0}})
     # a third of the task iterations plus a stage 1 as long, under twice the load: 2/3 of scratch's steps
-    student = {"training_wall_s": 400.0, "stages": {"stage1": {"iterations": 100, "wall_s": 200.0},
-                                                    "task": {"iterations": 100, "wall_s": 200.0, "eval_s": 50.0}}}
-    assert student["training_wall_s"] / scratch["training_wall_s"] == pytest.approx(4 / 3)
+    student = result(400.0, {"stage1": {"iterations": 100, "wall_s": 200.0},
+                             "task": {"iterations": 100, "wall_s": 200.0, "eval_s": 50.0}})
+    spec = {"table1": {"cell": "t", "full": 300, "third": 100}, "cells": {"t": {"student": "resnet8"}}}
+    found = {"scratch-resnet8-b300": scratch, "t-b100-fsp": student}
+    # by the clock 4/3 of scratch's wall; at equal step price 2/3
+    assert "| 400 | 1.33 | 0.67 |" in table1_section(spec, found)
     assert _equal_price_ratio(student, scratch) == "0.67"
     assert _equal_price_ratio(student, None) == "-"
 
