@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fspkd.core.errors import FspkdError
+
 
 def add_study_parser(sub) -> None:
     study = sub.add_parser("study", help="the fast-optimization study (docs/findings.md), or with --matrix the "
@@ -72,8 +74,6 @@ def _arms(args) -> list[str] | None:
 
 
 def _budgets(args) -> list[int] | None:
-    from fspkd.core.errors import FspkdError
-
     try:
         return [int(b) for b in args.budgets.split(",") if b] if args.budgets else None
     except ValueError:
