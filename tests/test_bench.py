@@ -42,6 +42,20 @@ def test_bench_times_the_fast_recipe_taps(tmp_path, monkeypatch):
     assert results["resnet14:resnet14"]["ratios"]["stage1_stored_over_plain"] > 0
 
 
+@pytest.mark.parametrize("layout, other", [("--channels-last", "nchw"), ("--no-channels-last", "channels_last")])
+def test_bench_times_the_other_layout_beside_the_main_one(layout, other, tmp_path, monkeypatch):
+    monkeypatch.setattr("fspkd.experiments.bench.DATA_BATCHES", 2)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--pairs", "resnet14:resnet8", "--batch-size", "4", "--repeats", "1", layout,
+                 "--compare-layouts", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["settings"]["channels_last"] == (other == "nchw")
+    pair = results["resnet14:resnet8"]
+    assert {f"{case}_{other}" for case in ("plain", "stage1_live", "stage1_stored")} <= set(pair["ms"])
+    assert {"channels_last_plain_speedup", "channels_last_live_speedup", "channels_last_stored_speedup",
+            f"stage1_stored_over_plain_{other}"} <= set(pair["ratios"])
+
+
 @pytest.mark.parametrize("args, message", [(["--pairs", "resnet20"], "--pairs"),
                                            (["--pairs", "resnet20:nonet"], "unknown model"),
                                            (["--repeats", "0"], "--repeats"),

@@ -59,6 +59,15 @@ def test_the_teacher_is_frozen_hidden_and_stays_in_eval_mode():
     assert distiller(IMAGES.double(), LABELS)[1]["loss"] > 0  # FSP matrices are float32 whatever the input
 
 
+@pytest.mark.parametrize("student_layout", ["nchw", "channels_last"])
+def test_the_teacher_takes_the_students_layout_and_leaves_a_users_nchw_alone(student_layout):
+    student, teacher = models()
+    if student_layout == "channels_last":  # as the engine prepares its student by default
+        student = student.to(memory_format=torch.channels_last)
+    Distiller(student, teacher, "kd").check(IMAGES)
+    assert teacher.conv1.weight.is_contiguous() == (student_layout == "nchw")
+
+
 def test_settings_resolve_as_the_cli_resolves_them():
     student, teacher = models()
     cli = fspkd.resolve_config({"method": "fsp"})

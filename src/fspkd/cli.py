@@ -171,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=10, help="timed repeats after one warm-up (median reported)")
     bench.add_argument("--steps", type=int, default=1, help="steps per case in each repeat (default 1)")
     bench.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's own)")
-    bench.add_argument("--channels-last", action="store_true",
-                       help="also time plain and live stage 1 with channels-last networks and batches")
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="networks and batches channels-last, the training default (--no-channels-last: NCHW)")
+    bench.add_argument("--compare-layouts", action="store_true",
+                       help="also time plain and stage 1 (live, stored) in the other layout")
     bench.add_argument("--compile", action="store_true", help="also time live stage 1 with a torch.compile'd teacher")
     bench.add_argument("--compare-threads", default="",
                        help="also time the plain step with these intra-op thread counts, e.g. 1,2")
@@ -205,7 +207,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="random horizontal flips (default off: the paper does not mention them)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                        help="channels-last memory format (often faster on CPU)")
+                        help="channels-last networks and batches (default on: faster convolutions on CPU, "
+                             "docs/performance.md; --no-channels-last: NCHW)")
     parser.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                         help="SyncBatchNorm under multi-GPU torchrun (default on; CPU runs keep per-process BN)")
     _add_schedule_flags(parser, "", "the task stage (the second of two-stage methods)")
@@ -349,7 +352,8 @@ def _bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run_bench(pairs, batch_size=args.batch_size, repeats=args.repeats, steps=args.steps,
-                        channels_last=args.channels_last, compile_teacher=args.compile, device=args.device,
+                        channels_last=args.channels_last, compare_layouts=args.compare_layouts,
+                        compile_teacher=args.compile, device=args.device,
                         thread_counts=_thread_counts(args.compare_threads), fsp_first=args.fsp_first,
                         log=lambda text: print(text, file=sys.stderr))
     print(format_table(results))

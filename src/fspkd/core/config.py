@@ -122,7 +122,7 @@ class RunConfig:
     fitnet_kd_weight: list[float] = field(default_factory=lambda: [4.0, 1.0])  # lambda from .. to, linearly
     hint_layers: list[str] | None = None  # the student's guided layer taps, for models that declare none
     teacher_hint_layers: list[str] | None = None  # the teacher's hint layer taps (default: hint_layers)
-    channels_last: bool = False
+    channels_last: bool = True  # channels-last networks and batches: faster convolutions on CPU (docs/performance.md)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; FSP matrices stay float32)
     micro_batches: int = 1  # each rank's batch in this many pieces, gradients accumulated (one optimiser step)
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CPU/gloo has none: per-rank BN statistics)

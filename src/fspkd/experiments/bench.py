@@ -10,7 +10,9 @@ to-tensor, normalise, image by image, as torchvision's transforms do); for the f
 ``fspkd.Distiller`` and through the engine against the same step written by hand (``experiments.overhead``);
 (6) the peak memory of each case
 (resident set growth on CPU, from the kernel's high-water mark; allocator peak on CUDA). Networks are freshly
-initialised and images random: speed does not depend on trained weights.
+initialised and images random: speed does not depend on trained weights. Every case runs in the training
+default layout, channels-last (``channels_last=False``: NCHW); ``compare_layouts`` adds the step cases in the
+other layout.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ DATA_BATCHES = 100  # batches per epoch in the data-path case (whole-epoch augme
 
 
 def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, steps: int = 1,
-              channels_last: bool = False, compile_teacher: bool = False, device: str = "cpu",
+              channels_last: bool = True, compare_layouts: bool = False, compile_teacher: bool = False,
+              device: str = "cpu",
               thread_counts: Sequence[int] = (), fsp_first: str = "before",
               log: Callable[[str], None] = print) -> dict:
     """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios.
@@ -58,14 +61,16 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
     images = torch.randint(0, 256, (BATCHES * batch_size, 3, 32, 32), dtype=torch.uint8)
     labels = torch.arange(len(images)) % 10
     results = {"settings": {"batch_size": batch_size, "repeats": repeats, "steps_per_repeat": steps,
-                            "channels_last": channels_last, "compile_teacher": compile_teacher,
+                            "channels_last": channels_last, "compare_layouts": compare_layouts,
+                            "compile_teacher": compile_teacher,
                             "device": device, "threads": torch.get_num_threads(), "fsp_first": fsp_first,
                             "load_average": _load_average()},
                "data": bench_data(batch_size, repeats, log)}
     for teacher_name, student_name in pairs:
         log(f"timing {teacher_name} -> {student_name} ...")
         pair = bench_pair(teacher_name, student_name, images, labels, batch_size=batch_size, repeats=repeats,
-                          steps=steps, channels_last=channels_last, compile_teacher=compile_teacher,
+                          steps=steps, channels_last=channels_last, compare_layouts=compare_layouts,
+                          compile_teacher=compile_teacher,
                           device=target, thread_counts=thread_counts, fsp_first=fsp_first)
         data_ms = results["data"]["ms"]["batch_loader"]
         pair["ratios"].update(
@@ -75,9 +80,10 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
         results[f"{teacher_name}:{student_name}"] = pair
     teacher_name, student_name = pairs[0]
     log(f"timing the Distiller and the engine against a hand-written step, {teacher_name} -> {student_name} ...")
-    batches = [(x.to(target), y.to(target)) for x, y in
+    batches = [(_in_layout(x.to(target), channels_last), y.to(target)) for x, y in
                _take(BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True), BATCHES)]
-    results["overhead"] = bench_overhead(_network(student_name, 2, target), _network(teacher_name, 1, target),
+    results["overhead"] = bench_overhead(_network(student_name, 2, target, channels_last),
+                                         _network(teacher_name, 1, target, channels_last),
                                          batches, repeats=repeats, device=target)
     return results
 
@@ -86,14 +92,14 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
 
 def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_size: int, repeats: int,
                steps: int, channels_last: bool, compile_teacher: bool, device: torch.device,
-               thread_counts: Sequence[int] = (), fsp_first: str = "before") -> dict:
+               compare_layouts: bool = False, thread_counts: Sequence[int] = (), fsp_first: str = "before") -> dict:
     """Time the step cases of one teacher/student pair on ``BATCHES`` pre-fetched batches.
 
     The stored case reads float32 targets (freshly initialised deep teachers overflow float16); training runs
     read float16 by default, which costs no more.
     """
-    teacher = _network(teacher_name, 1, device)
-    student = _network(student_name, 2, device)
+    teacher = _network(teacher_name, 1, device, channels_last)
+    student = _network(student_name, 2, device, channels_last)
     config = RunConfig(method="fsp", model=student_name, fsp_first=fsp_first)
     plain = Method(copy.deepcopy(student), None, config)
     live = FSP(copy.deepcopy(student), teacher, config)
@@ -103,15 +109,17 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     with tempfile.TemporaryDirectory() as folder:
         targets = stored_targets(teacher, stored.live_teacher_matrices, stored.teacher_pairs, loader,
                                  views=2, dtype="float32", folder=folder)  # random-init teachers overflow fp16
-        batches = [(x.to(device), y.to(device), loader.last_batch_keys) for x, y in _take(loader, BATCHES)]
+        batches = [(_in_layout(x.to(device), channels_last), y.to(device), loader.last_batch_keys)
+                   for x, y in _take(loader, BATCHES)]
         keys = _KeyHolder()
         stored.stored_targets = StoredTargets(targets.store, keys)
         cases = {"plain": _stepper(plain, "task", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
                  "stage1_live_no_fast_teacher": _stepper(live_as_loaded, "stage1", batches, keys),
                  "stage1_stored": _stepper(stored, "stage1", batches, keys)}
+        other = ("nchw" if channels_last else "channels_last") if compare_layouts else None
         variants, extra = _variants(student, teacher, config, batches, keys, stored.stored_targets,
-                                    channels_last, compile_teacher)
+                                    other, compile_teacher)
         cases.update(variants)
         for count in thread_counts:  # the plain step again with another intra-op thread count
             cases[f"plain_threads_{count}"] = _with_threads(count, cases["plain"])
@@ -123,13 +131,13 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
               "stage1_stored_over_plain": ms["stage1_stored"] / ms["plain"],
               "fast_teacher_live_speedup": ms["stage1_live_no_fast_teacher"] / ms["stage1_live"],
               "fsp_speedup_over_naive": ms["fsp_naive"] / ms["fsp_ours"]}
-    if channels_last:
-        ratios["channels_last_plain_speedup"] = ms["plain"] / ms["plain_channels_last"]
-        ratios["channels_last_live_speedup"] = ms["stage1_live"] / ms["stage1_live_channels_last"]
-        ratios["channels_last_stored_speedup"] = ms["stage1_stored"] / ms["stage1_stored_channels_last"]
-        ratios["stage1_live_over_plain_channels_last"] = ms["stage1_live_channels_last"] / ms["plain_channels_last"]
-        ratios["stage1_stored_over_plain_channels_last"] = (ms["stage1_stored_channels_last"]
-                                                            / ms["plain_channels_last"])
+    if other:
+        for case in ("plain", "stage1_live", "stage1_stored"):
+            main, alternative = ms[case], ms[f"{case}_{other}"]
+            nchw, cl = (main, alternative) if other == "channels_last" else (alternative, main)
+            ratios[f"channels_last_{case.removeprefix('stage1_')}_speedup"] = nchw / cl
+        for case in ("stage1_live", "stage1_stored"):
+            ratios[f"{case}_over_plain_{other}"] = ms[f"{case}_{other}"] / ms[f"plain_{other}"]
     if compile_teacher:
         ratios["compiled_teacher_live_speedup"] = ms["stage1_live"] / ms["stage1_live_compiled"]
     return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, **extra}
@@ -153,19 +161,23 @@ def _load_average() -> float | None:
         return None
 
 
-def _variants(student, teacher, config, batches, keys, store_targets, channels_last: bool,
-              compile_teacher: bool):
-    """Optional side-by-side cases: channels-last networks and batches; a ``torch.compile``d live teacher."""
+def _in_layout(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _variants(student, teacher, config, batches, keys, store_targets, other: str | None, compile_teacher: bool):
+    """Optional side-by-side cases: the step cases in the ``other`` layout (``nchw`` or ``channels_last``, cases
+    suffixed with it); a ``torch.compile``d live teacher."""
     cases, extra = {}, {}
-    if channels_last:
-        to_cl = lambda net: copy.deepcopy(net).to(memory_format=torch.channels_last)  # noqa: E731
-        cl_batches = [(x.contiguous(memory_format=torch.channels_last), y, k) for x, y, k in batches]
-        cases["plain_channels_last"] = _stepper(Method(to_cl(student), None, config), "task", cl_batches, keys)
-        cl_live = FSP(to_cl(student), to_cl(teacher), config)
-        cases["stage1_live_channels_last"] = _stepper(cl_live, "stage1", cl_batches, keys)
-        cl_stored = FSP(to_cl(student), teacher, config)
-        cl_stored.stored_targets = store_targets
-        cases["stage1_stored_channels_last"] = _stepper(cl_stored, "stage1", cl_batches, keys)
+    if other:
+        to_other = lambda net: _network_in_layout(copy.deepcopy(net), other == "channels_last")  # noqa: E731
+        other_batches = [(_in_layout(x, other == "channels_last"), y, k) for x, y, k in batches]
+        cases[f"plain_{other}"] = _stepper(Method(to_other(student), None, config), "task", other_batches, keys)
+        other_live = FSP(to_other(student), to_other(teacher), config)
+        cases[f"stage1_live_{other}"] = _stepper(other_live, "stage1", other_batches, keys)
+        other_stored = FSP(to_other(student), teacher, config)
+        other_stored.stored_targets = store_targets
+        cases[f"stage1_stored_{other}"] = _stepper(other_stored, "stage1", other_batches, keys)
     if compile_teacher:
         eager = [g.clone() for g in FSP(copy.deepcopy(student), teacher, config).live_teacher_matrices(batches[0][0])]
         compiled = FSP(copy.deepcopy(student), copy.deepcopy(teacher), replace(config, compile_teacher=True))
@@ -176,9 +188,13 @@ def _variants(student, teacher, config, batches, keys, store_targets, channels_l
     return cases, extra
 
 
-def _network(name: str, seed: int, device: torch.device) -> torch.nn.Module:
+def _network(name: str, seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create(name, num_classes=10).to(device)
+    return _network_in_layout(create(name, num_classes=10).to(device), channels_last)
+
+
+def _network_in_layout(network: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    return network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class _KeyHolder:
@@ -358,8 +374,9 @@ def format_table(results: dict) -> str:
             continue
         for name, value in pair["ms"].items():
             relative = value / pair["ms"]["plain"] if not name.startswith("fsp_") else None
-            if name.endswith("channels_last") and "plain_channels_last" in pair["ms"]:
-                relative = value / pair["ms"]["plain_channels_last"]
+            for other in ("channels_last", "nchw"):
+                if name.endswith(f"_{other}") and f"plain_{other}" in pair["ms"]:
+                    relative = value / pair["ms"][f"plain_{other}"]
             lines.append(_row(f"{key} {name}", value, relative, pair["peak_mb"][name]))
         lines += [f"  {name} = {value:.3f}" for name, value in pair["ratios"].items()]
     if "overhead" in results:

@@ -16,6 +16,13 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 StepOutput = dict  # {"loss": scalar tensor, "logits": (B, classes) tensor or None, "parts": {name: scalar tensor}}
 
 
+def is_channels_last(network: nn.Module) -> bool:
+    """Whether ``network``'s first 4-d weight is channels-last, not NCHW (the engine's default layout; a user's own
+    loop may keep NCHW). A weight that is both (a 1x1 kernel) counts as NCHW."""
+    weight = next((p for p in network.parameters() if p.dim() == 4), None)
+    return weight is not None and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+
+
 class Method:
     """A distillation (or plain) method: the stages it runs and the loss of one batch in each.
 
@@ -46,7 +53,7 @@ class Method:
             )
         if teacher is not None:
             freeze(teacher)
-            if config.channels_last:  # the batches come channels-last; the teacher runs faster in the same layout
+            if is_channels_last(student):  # its batches come in its layout; the teacher runs faster in the same
                 teacher.to(memory_format=torch.channels_last)
 
     def needs_teacher_outputs(self) -> bool:
