@@ -56,6 +56,18 @@ def test_bench_times_the_other_layout_beside_the_main_one(layout, other, tmp_pat
             f"stage1_stored_over_plain_{other}"} <= set(pair["ratios"])
 
 
+def test_bench_times_a_pair_of_other_widths_through_connectors(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("fspkd.experiments.bench.DATA_BATCHES", 2)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--pairs", "resnet14:shufflenetv2,resnet14:resnet8", "--batch-size", "4", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert results["resnet14:shufflenetv2"]["connectors"] and not results["resnet14:resnet8"]["connectors"]
+    assert results["resnet14:shufflenetv2"]["ratios"]["stage1_stored_over_plain"] > 0
+    # the hand-written step has no connectors: the overhead is timed on the pair of equal widths
+    assert "hand-written step, resnet14 -> resnet8" in capsys.readouterr().err and "overhead" in results
+
+
 @pytest.mark.parametrize("args, message", [(["--pairs", "resnet20"], "--pairs"),
                                            (["--pairs", "resnet20:nonet"], "unknown model"),
                                            (["--repeats", "0"], "--repeats"),

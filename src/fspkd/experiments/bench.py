@@ -6,8 +6,9 @@ pair it times one optimiser step of (1) plain training of the student, (2) stage
 (3) stage 1 with stored teacher FSP (``fspkd.accel.fsp_store``), (4) the FSP matrices + loss alone (forward and
 backward) against a naive broadcast-and-sum reference, and, once, (5) one batch of our ``BatchLoader``
 against a per-image Pillow pipeline through ``torch.utils.data.DataLoader`` (pad-4 random crop, flip,
-to-tensor, normalise, image by image, as torchvision's transforms do); for the first pair, a stage-1 step through
-``fspkd.Distiller`` and through the engine against the same step written by hand (``experiments.overhead``);
+to-tensor, normalise, image by image, as torchvision's transforms do); for the first pair of equal FSP widths, a
+stage-1 step through ``fspkd.Distiller`` and through the engine against the same step written by hand
+(``experiments.overhead``); a pair of other widths takes its stage-1 steps through the connectors;
 (6) the peak memory of each case
 (resident set growth on CPU, from the kernel's high-water mark; allocator peak on CUDA). Networks are freshly
 initialised and images random: speed does not depend on trained weights. Every case runs in the training
@@ -78,7 +79,12 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
             data_share_of_step=data_ms / (data_ms + pair["ms"]["plain"]),
         )
         results[f"{teacher_name}:{student_name}"] = pair
-    teacher_name, student_name = pairs[0]
+    # the hand-written step has no connectors: the first pair of equal FSP widths
+    equal = [pair for pair in pairs if not results[f"{pair[0]}:{pair[1]}"]["connectors"]]
+    if not equal:
+        log("no pair of equal FSP widths: the Distiller and the engine are not timed against a hand-written step")
+        return results
+    teacher_name, student_name = equal[0]
     log(f"timing the Distiller and the engine against a hand-written step, {teacher_name} -> {student_name} ...")
     batches = [(_in_layout(x.to(target), channels_last), y.to(target)) for x, y in
                _take(BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True), BATCHES)]
@@ -112,6 +118,8 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
         batches = [(_in_layout(x.to(device), channels_last), y.to(device), loader.last_batch_keys)
                    for x, y in _take(loader, BATCHES)]
         keys = _KeyHolder()
+        for method in (live, live_as_loaded, stored):  # connectors where the pair's widths differ
+            method.check(batches[0][0])
         stored.stored_targets = StoredTargets(targets.store, keys)
         cases = {"plain": _stepper(plain, "task", batches, keys),
                  "stage1_live": _stepper(live, "stage1", batches, keys),
@@ -140,7 +148,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
             ratios[f"{case}_over_plain_{other}"] = ms[f"{case}_{other}"] / ms[f"plain_{other}"]
     if compile_teacher:
         ratios["compiled_teacher_live_speedup"] = ms["stage1_live"] / ms["stage1_live_compiled"]
-    return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, **extra}
+    return {"ms": ms, "peak_mb": peak_mb, "ratios": ratios, "connectors": live.connectors is not None, **extra}
 
 
 def _with_threads(count: int, case: Callable[[int], None]) -> Callable[[int], None]:
@@ -174,8 +182,10 @@ def _variants(student, teacher, config, batches, keys, store_targets, other: str
         other_batches = [(_in_layout(x, other == "channels_last"), y, k) for x, y, k in batches]
         cases[f"plain_{other}"] = _stepper(Method(to_other(student), None, config), "task", other_batches, keys)
         other_live = FSP(to_other(student), to_other(teacher), config)
+        other_live.check(other_batches[0][0])
         cases[f"stage1_live_{other}"] = _stepper(other_live, "stage1", other_batches, keys)
         other_stored = FSP(to_other(student), teacher, config)
+        other_stored.check(other_batches[0][0])
         other_stored.stored_targets = store_targets
         cases[f"stage1_stored_{other}"] = _stepper(other_stored, "stage1", other_batches, keys)
     if compile_teacher:
@@ -224,12 +234,13 @@ def _stepper(method, stage: str, batches, keys: _KeyHolder) -> Callable[[int], N
 
 
 def _fsp_cases(method: FSP, images) -> dict[str, Callable[[int], None]]:
-    """The FSP matrices + loss alone (forward and backward), ours against the naive reference."""
+    """The student's FSP matrices + loss alone (forward and backward), ours against the naive reference; the
+    targets are matrices of the student's shapes (a teacher of other widths would need the connectors)."""
     with torch.no_grad():
         method.student(images)
         student_feats = {k: v.detach().clone() for k, v in method.student_taps.features.items()}
-        targets = method.live_teacher_matrices(images)
-    pairs = method.student_pairs
+        pairs = method.student_pairs
+        targets = [fsp_matrix(student_feats[a], student_feats[b]).roll(1, dims=0) for a, b in pairs]
 
     def run(matrix_fn):
         def case(i: int) -> None:
