@@ -51,8 +51,7 @@ DATA_BATCHES = 100  # batches per epoch in the data-path case (whole-epoch augme
 
 def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, steps: int = 1,
               channels_last: bool = True, compare_layouts: bool = False, compile_teacher: bool = False,
-              device: str = "cpu",
-              thread_counts: Sequence[int] = (), fsp_first: str = "before",
+              device: str = "cpu", thread_counts: Sequence[int] = (), fsp_first: str = "before",
               log: Callable[[str], None] = print) -> dict:
     """Measure every case for every (teacher, student) pair; returns times (ms), peaks (MB) and ratios.
     ``fsp_first`` picks the FSP taps: sections start before their down-sampling block (the paper's; two of three
@@ -86,7 +85,7 @@ def run_bench(pairs=DEFAULT_PAIRS, *, batch_size: int = 128, repeats: int = 10, 
         return results
     teacher_name, student_name = equal[0]
     log(f"timing the Distiller and the engine against a hand-written step, {teacher_name} -> {student_name} ...")
-    batches = [(_in_layout(x.to(target), channels_last), y.to(target)) for x, y in
+    batches = [(x.to(target, memory_format=_memory_format(channels_last)), y.to(target)) for x, y in
                _take(BatchLoader(images, labels, batch_size, mean=MEAN, std=STD, train=True, augment=True), BATCHES)]
     results["overhead"] = bench_overhead(_network(student_name, 2, target, channels_last),
                                          _network(teacher_name, 1, target, channels_last),
@@ -115,7 +114,7 @@ def bench_pair(teacher_name: str, student_name: str, images, labels, *, batch_si
     with tempfile.TemporaryDirectory() as folder:
         targets = stored_targets(teacher, stored.live_teacher_matrices, stored.teacher_pairs, loader,
                                  views=2, dtype="float32", folder=folder)  # random-init teachers overflow fp16
-        batches = [(_in_layout(x.to(device), channels_last), y.to(device), loader.last_batch_keys)
+        batches = [(x.to(device, memory_format=_memory_format(channels_last)), y.to(device), loader.last_batch_keys)
                    for x, y in _take(loader, BATCHES)]
         keys = _KeyHolder()
         for method in (live, live_as_loaded, stored):  # connectors where the pair's widths differ
@@ -169,8 +168,8 @@ def _load_average() -> float | None:
         return None
 
 
-def _in_layout(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return tensor.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def _memory_format(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def _variants(student, teacher, config, batches, keys, store_targets, other: str | None, compile_teacher: bool):
@@ -178,8 +177,9 @@ def _variants(student, teacher, config, batches, keys, store_targets, other: str
     suffixed with it); a ``torch.compile``d live teacher."""
     cases, extra = {}, {}
     if other:
-        to_other = lambda net: _network_in_layout(copy.deepcopy(net), other == "channels_last")  # noqa: E731
-        other_batches = [(_in_layout(x, other == "channels_last"), y, k) for x, y, k in batches]
+        layout = _memory_format(other == "channels_last")
+        to_other = lambda net: copy.deepcopy(net).to(memory_format=layout)  # noqa: E731
+        other_batches = [(x.contiguous(memory_format=layout), y, k) for x, y, k in batches]
         cases[f"plain_{other}"] = _stepper(Method(to_other(student), None, config), "task", other_batches, keys)
         other_live = FSP(to_other(student), to_other(teacher), config)
         other_live.check(other_batches[0][0])
@@ -200,11 +200,7 @@ def _variants(student, teacher, config, batches, keys, store_targets, other: str
 
 def _network(name: str, seed: int, device: torch.device, channels_last: bool) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return _network_in_layout(create(name, num_classes=10).to(device), channels_last)
-
-
-def _network_in_layout(network: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
-    return network.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    return create(name, num_classes=10).to(device, memory_format=_memory_format(channels_last))
 
 
 class _KeyHolder:
@@ -240,7 +236,7 @@ def _fsp_cases(method: FSP, images) -> dict[str, Callable[[int], None]]:
         method.student(images)
         student_feats = {k: v.detach().clone() for k, v in method.student_taps.features.items()}
         pairs = method.student_pairs
-        targets = [fsp_matrix(student_feats[a], student_feats[b]).roll(1, dims=0) for a, b in pairs]
+        targets = [fsp_matrix(student_feats[a], student_feats[b]) for a, b in pairs]
 
     def run(matrix_fn):
         def case(i: int) -> None:
