@@ -7,12 +7,14 @@ import json
 import pytest
 import torch
 from interrupts import train_until_interrupted
+from safetensors.torch import load_file
 
 from fspkd.core.checkpoint import load_checkpoint
 from fspkd.core.config import RunConfig, Schedule
 from fspkd.core.errors import FspkdError
-from fspkd.training import build
+from fspkd.training import build, inference
 from fspkd.training.evaluate import disagreement
+from fspkd.training.inference import evaluate_checkpoints
 from fspkd.training.run import NonFiniteLoss, train
 
 
@@ -113,6 +115,34 @@ def test_several_students_share_one_stage1_and_report_their_ensemble(teacher_dir
     assert "ensemble_test_acc" in summary and 0 <= summary["ensemble_test_disagreement"] <= 100
     first, second = (load_checkpoint(tmp_path / "two" / w)["model"] for w in ("final-1.pt", "final-2.pt"))
     assert any(not torch.equal(first[k], second[k]) for k in first)  # different data orders
+
+
+def test_ensembles_across_runs_read_the_stored_predictions_and_else_measure_the_weights(tmp_path, monkeypatch):
+    config = tiny(split_seed=0)
+    folders = [tmp_path / "a", tmp_path / "b"]
+    summaries = [train(dataclasses.replace(config, seed=seed), folder, progress=False)
+                 for seed, folder in zip((0, 1), folders)]
+    members = [(folder, summary["per_student"][0]) for folder, summary in zip(folders, summaries)]
+    for folder, student in members:
+        stored = load_file(str(folder / student["predictions"]))
+        assert student["predictions"] == "final-predictions.safetensors"
+        for split in ("val", "test"):
+            correct = stored[f"{split}_probs"].argmax(dim=1) == stored[f"{split}_labels"]
+            assert 100 * correct.float().mean().item() == pytest.approx(student[f"{split}_acc"])
+    where = {"data": config.data, "val_split": config.val_split, "seed": 0}
+    measured = evaluate_checkpoints([f / "final.pt" for f in folders], split="test", **where)
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("the weights were evaluated again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(inference, "evaluate_checkpoints", no_evaluation)
+        from_store = inference.ensemble_of_students(members, "test", **where)
+    assert from_store["ensemble_accuracy"] == pytest.approx(measured["ensemble_accuracy"])
+    assert from_store["disagreement"] == pytest.approx(measured["disagreement"])
+    (folders[1] / "final-predictions.safetensors").unlink()  # a run of an earlier version: measured again
+    again = inference.ensemble_of_students(members, "test", **where)
+    assert again["ensemble_accuracy"] == measured["ensemble_accuracy"]
 
 
 def test_disagreement_is_the_mean_share_of_images_two_members_label_differently():

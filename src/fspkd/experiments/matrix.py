@@ -216,18 +216,18 @@ def add_disagreement(path: Path, folders: list[Path]) -> None:
 
 def _ensemble(folders: list[Path], summaries: list[dict], config: dict) -> tuple[float | None, float | None]:
     """The averaged-softmax accuracy and pairwise disagreement of the arm's students on the validation split: from
-    the run's summary, or measured again from the members' weights (several runs, or a summary of an earlier
-    version without the disagreement)."""
+    the run's summary, or from the members' stored predictions or weights (several runs, or a summary of an
+    earlier version without the disagreement)."""
     if len(folders) == 1 and summaries[0].get("ensemble_val_disagreement") is not None:
         return summaries[0]["ensemble_val_acc"], summaries[0]["ensemble_val_disagreement"]
-    if sum(len(summary["per_student"]) for summary in summaries) < 2:
+    members = [(folder, student) for folder, summary in zip(folders, summaries) for student in summary["per_student"]]
+    if len(members) < 2:
         return None, None
-    from fspkd.training.inference import evaluate_checkpoints
+    from fspkd.training.inference import ensemble_of_students
 
-    weights = [f / s["weights"] for f, summary in zip(folders, summaries) for s in summary["per_student"]]
     run = RunConfig.from_dict(config)
-    found = evaluate_checkpoints(weights, data=run.data, split="val", val_split=run.val_split,
-                                 seed=run.held_out_seed, image_size=run.image_size)
+    found = ensemble_of_students(members, "val", data=run.data, val_split=run.val_split, seed=run.held_out_seed,
+                                 image_size=run.image_size)
     return found["ensemble_accuracy"], found["disagreement"]
 
 

@@ -22,7 +22,7 @@ from fspkd.experiments.paper_tables import EXTERNAL_TEACHER, PaperTable, apply_o
 from fspkd.experiments.report import write_reproduction_report
 from fspkd.models import create
 from fspkd.training.build import load_run_data
-from fspkd.training.inference import evaluate_checkpoints, load_network
+from fspkd.training.inference import ensemble_of_students, load_network
 from fspkd.training.records import weights_payload
 from fspkd.training.run import NonFiniteLoss, train
 
@@ -216,17 +216,14 @@ def _row_result(row, configs, summaries, failures: dict, split: str, out: Path) 
     if failed:
         return {"label": row.label, "runs": row.runs, "nets": [], "avg": None, "ensemble": None,
                 "iterations": None, "hours": None, "params": params, "paper": row.paper, "failed": "; ".join(failed)}
-    nets, weights = [], []
-    for run in row.runs:
-        for student in summaries[run]["per_student"]:
-            nets.append(student[f"{split}_acc"])
-            weights.append(str(out / run / student["weights"]))
+    members = [(out / run, student) for run in row.runs for student in summaries[run]["per_student"]]
+    nets = [student[f"{split}_acc"] for _, student in members]
     return {
         "label": row.label,
         "runs": row.runs,
         "nets": nets,
         "avg": sum(nets) / len(nets),
-        "ensemble": _ensemble(row.runs, summaries, configs, weights, split),
+        "ensemble": _ensemble(row.runs, summaries, configs, members, split),
         "iterations": sum(summaries[r]["total_iterations"] for r in row.runs),
         "hours": sum(summaries[r]["total_wall_s"] for r in row.runs) / 3600,
         "params": params,
@@ -240,16 +237,17 @@ def _parameters(config: RunConfig, num_classes: int) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def _ensemble(runs: list[str], summaries: dict, configs: dict, weights: list[str], split: str) -> float | None:
-    """The accuracy of the row's averaged softmax: from the run's summary when one run holds every net."""
-    if len(weights) < 2:
+def _ensemble(runs: list[str], summaries: dict, configs: dict, members: list, split: str) -> float | None:
+    """The accuracy of the row's averaged softmax: from the run's summary when one run holds every net, else from
+    the nets' stored predictions (or their weights)."""
+    if len(members) < 2:
         return None
     stored = summaries[runs[0]].get(f"ensemble_{split}_acc") if len(runs) == 1 else None
     if stored is not None:
         return stored
     config = configs[runs[0]]
-    return evaluate_checkpoints(weights, data=config.data, split=split, val_split=config.val_split,
-                                seed=config.seed, image_size=config.image_size)["ensemble_accuracy"]
+    return ensemble_of_students(members, split, data=config.data, val_split=config.val_split,
+                                seed=config.held_out_seed, image_size=config.image_size)["ensemble_accuracy"]
 
 
 def _timing(table: PaperTable, configs: dict, summaries: dict) -> dict:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
 import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from fspkd.core.checkpoint import load_checkpoint, load_state_dict_checked, load_state_dict_file, load_weights
 from fspkd.core.errors import FspkdError
@@ -43,6 +47,34 @@ def evaluate_checkpoints(paths, *, data: str, split: str = "test", model: str | 
         results["ensemble_accuracy"] = ensemble_accuracy(all_probs, labels)
         results["disagreement"] = disagreement(all_probs)
     return results
+
+
+def ensemble_of_students(members: Sequence[tuple[Path, dict]], split: str, **evaluate_options) -> dict:
+    """Averaged-softmax accuracy and pairwise disagreement of finished students, each given as (its run folder,
+    its ``per_student`` entry of the run's summary), on ``split``: from the predictions the runs stored when every
+    student has them on the same labels, else measured again from the weights (``evaluate_checkpoints`` with
+    ``evaluate_options``)."""
+    stored = [_stored_predictions(folder, student, split) for folder, student in members]
+    if all(found is not None for found in stored) and all(torch.equal(labels, stored[0][1]) for _, labels in stored):
+        all_probs = [probs for probs, _ in stored]
+        return {"ensemble_accuracy": ensemble_accuracy(all_probs, stored[0][1]),
+                "disagreement": disagreement(all_probs)}
+    weights = [folder / student["weights"] for folder, student in members]
+    return evaluate_checkpoints(weights, split=split, **evaluate_options)
+
+
+def _stored_predictions(folder: Path, student: dict, split: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(probabilities, labels) on ``split`` from the student's predictions file; None where there is none (a run
+    of an earlier version), it lacks the split or cannot be read (the weights are then measured again)."""
+    if not student.get("predictions"):
+        return None
+    try:
+        tensors = load_file(str(folder / student["predictions"]))
+    except (OSError, SafetensorError):
+        return None
+    if f"{split}_probs" not in tensors or f"{split}_labels" not in tensors:
+        return None
+    return tensors[f"{split}_probs"], tensors[f"{split}_labels"]
 
 
 def model_from_checkpoint(path: str | os.PathLike) -> nn.Module:
