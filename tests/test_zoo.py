@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 from fspkd.accel.fast_teacher import fold_batchnorm
 from fspkd.cli import main
@@ -21,7 +22,7 @@ from fspkd.core.config import RunConfig
 from fspkd.core.errors import FspkdError
 from fspkd.core.fsp import ChannelShuffle
 from fspkd.core.taps import FeatureTaps
-from fspkd.methods.fitnet import FitNet
+from fspkd.methods.fitnet import FitNet, regressor
 from fspkd.methods.fsp import FSP
 from fspkd.models import create
 from fspkd.models.summary import summarize
@@ -142,6 +143,30 @@ def test_fitnet_from_vgg13_to_mobilenetv2_through_a_regressor():
     method.check(images)  # hint block3 (512 channels, 4x4), guided blocks.4 (48 channels, 4x4)
     assert method.regressors[0].in_channels == 48 and method.regressors[0].out_channels == 512
     assert torch.isfinite(method.step("stage1", images, torch.zeros(4, dtype=torch.long), 0.0)["loss"])
+
+
+@pytest.mark.parametrize("teacher, student, kind", [("resnet20", "shufflenetv2", nn.ConvTranspose2d),
+                                                    ("shufflenetv2", "resnet20", nn.Conv2d)])
+def test_fitnet_across_resolutions_through_a_strided_regressor(teacher, student, kind):
+    # the middle layers of other families sit at other resolutions: ResNet-20's layer2 is 16x16, ShuffleNetV2's 8x8
+    torch.manual_seed(0)
+    method = FitNet(create(student), create(teacher).eval(), RunConfig(method="fitnet"))
+    images = torch.randn(4, 3, 32, 32)
+    method.check(images)
+    reg = method.regressors[0]
+    assert type(reg) is kind and reg.stride == (2, 2) and reg.kernel_size == (2, 2)
+    loss = method.step("stage1", images, torch.zeros(4, dtype=torch.long), 0.0)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and reg.weight.grad is not None and reg.weight.grad.abs().sum() > 0
+    method.close()
+
+
+def test_fitnet_refuses_sizes_without_one_whole_factor_naming_both_taps():
+    with pytest.raises(FspkdError, match=r"hint t\.x is \(4, 4\) but guided layer s\.y is \(6, 6\)"):
+        regressor(torch.Size([8, 6, 6]), torch.Size([16, 4, 4]), "s.y", "t.x")
+    with pytest.raises(FspkdError, match="one whole factor"):
+        regressor(torch.Size([8, 8, 8]), torch.Size([16, 4, 2]), "s.y", "t.x")
+    assert isinstance(regressor(torch.Size([8, 8, 8]), torch.Size([8, 8, 8]), "s", "t"), nn.Identity)
 
 
 def test_pre_relu_taps_of_the_zoo():

@@ -33,10 +33,28 @@ def hint_taps(model, count: int, role: str, given: list[str] | None = None) -> l
     return taps
 
 
+def regressor(guided: torch.Size, hint: torch.Size, guided_tap: str, hint_tap: str) -> nn.Module:
+    """FitNet's learned map from a guided (C, H, W) to a hint (C', H', W'): none where they match, a 1x1
+    convolution where only the widths differ. Where the sizes differ by a whole factor k (pairs of other families
+    place their middle layers at other resolutions), a k x k convolution at stride k (a larger guided layer) or
+    its transpose (a smaller one) maps one to the other, as the public CIFAR benchmarks' regressors do for k = 2.
+    """
+    (c_in, *size_in), (c_out, *size_out) = guided, hint
+    if size_in == size_out:
+        return nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
+    for big, small, make in ((size_in, size_out, nn.Conv2d), (size_out, size_in, nn.ConvTranspose2d)):
+        k = big[0] // small[0]
+        if all(b == s * k for b, s in zip(big, small)):
+            return make(c_in, c_out, k, stride=k, bias=False)
+    raise FspkdError(f"FitNet hint {hint_tap} is {tuple(size_out)} but guided layer {guided_tap} is "
+                     f"{tuple(size_in)}: the sizes must be equal or differ by one whole factor (name other taps "
+                     "in hint_layers / teacher_hint_layers)")
+
+
 class FitNet(Method):
-    """Stage 1: L2 between the teacher's hint layer(s) and the student's guided layer(s), through a learned 1x1
-    convolution where the widths differ. Task stage: cross-entropy + lambda * soft cross-entropy at tau, lambda
-    falling linearly over the stage (the paper: tau = 3, lambda from 4 to 1)."""
+    """Stage 1: L2 between the teacher's hint layer(s) and the student's guided layer(s), through a learned
+    regressor where their shapes differ (``regressor``). Task stage: cross-entropy + lambda * soft cross-entropy
+    at tau, lambda falling linearly over the stage (the paper: tau = 3, lambda from 4 to 1)."""
 
     name = "fitnet"
     stages = ("stage1", "task")
@@ -65,13 +83,7 @@ class FitNet(Method):
         regressors = []
         for s_tap, t_tap in zip(self.student_hints, self.teacher_hints):
             guided, hint = self.student_taps.features[s_tap], self.teacher_taps.features[t_tap]
-            if guided.shape[2:] != hint.shape[2:]:
-                raise FspkdError(
-                    f"FitNet hint {t_tap} is {tuple(hint.shape[2:])} but guided layer {s_tap} is "
-                    f"{tuple(guided.shape[2:])}: they need the same spatial size"
-                )
-            same = guided.shape[1] == hint.shape[1]
-            regressors.append(nn.Identity() if same else nn.Conv2d(guided.shape[1], hint.shape[1], 1, bias=False))
+            regressors.append(regressor(guided.shape[1:], hint.shape[1:], s_tap, t_tap))
         self.regressors = nn.ModuleList(regressors).to(example.device)
 
     def extra_modules(self, stage):
