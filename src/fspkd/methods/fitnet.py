@@ -37,8 +37,8 @@ def regressor(guided: torch.Size, hint: torch.Size, guided_tap: str, hint_tap: s
     """FitNet's learned map from a guided (C, H, W) to a hint (C', H', W'): none where they match, a 1x1
     convolution where only the widths differ. Where the sizes differ by a whole factor k (pairs of other families
     place their middle layers at other resolutions), a k x k convolution at stride k (a larger guided layer) or
-    its transpose (a smaller one) maps one to the other, as the public CIFAR benchmarks' regressors do for k = 2.
-    """
+    its transpose (a smaller one) maps one to the other (the public CIFAR benchmarks' regressors, for k = 2, use
+    3x3 and 4x4 kernels with a BatchNorm)."""
     (c_in, *size_in), (c_out, *size_out) = guided, hint
     if size_in == size_out:
         return nn.Identity() if c_in == c_out else nn.Conv2d(c_in, c_out, 1, bias=False)
