@@ -128,6 +128,9 @@ def test_two_torchrun_processes_equal_one_process_with_two_micro_batches(teacher
         assert ddp_summary[key] == one_summary[key], key
     # rows matched one to one above, so rank 1 wrote none; no temporary files were left behind
     assert not list((tmp_path / "ddp").rglob("*.tmp"))
+    # a rank's predictions cover its share of the split only: none are stored, ensembles measure the weights
+    assert not list((tmp_path / "ddp").glob("*-predictions.safetensors"))
+    assert len(list((tmp_path / "one").glob("*-predictions.safetensors"))) == 2
 
 
 @pytest.mark.slow

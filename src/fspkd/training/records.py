@@ -3,7 +3,7 @@
 A run folder holds ``config.yaml``, ``metrics.csv``, ``checkpoints/last.pt`` (everything needed to resume),
 ``checkpoints/stage1.pt`` (the shared stage-1 weights of a two-stage method), ``final.pt`` (``final-K.pt`` for
 several students), each final network's softmax outputs on the held-out splits (``final[-K]-predictions.safetensors``,
-so that ensembles across runs need no second evaluation) and ``summary.json``.
+single-process runs only, so that ensembles across runs need no second evaluation) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class Records:
         predictions, self.final_predictions = self.final_predictions or self.held_out_predictions(), None
         for split, (acc, probs, labels) in predictions.items():
             result[f"{split}_acc"], result[f"{split}_probs"], result[f"{split}_labels"] = acc, probs, labels
-        if predictions:
+        if predictions and self.run.ctx.world_size == 1:  # a DDP rank holds only its share of each split
             result["predictions"] = self.save_predictions(result["weights"], predictions)
         return result
 
@@ -207,11 +207,10 @@ class Records:
         """The final network's probabilities and labels per held-out split, as ``<weights>-predictions.safetensors``
         beside its weights; returns the file's name."""
         name = f"{Path(weights).stem}-predictions.safetensors"
-        if self.run.ctx.is_main:
-            tensors = {}
-            for split, (_, probs, labels) in predictions.items():
-                tensors[f"{split}_probs"], tensors[f"{split}_labels"] = probs.float().contiguous(), labels.contiguous()
-            atomic_write(self.out / name, lambda path: save_file(tensors, str(path)), "the held-out predictions")
+        tensors = {}
+        for split, (_, probs, labels) in predictions.items():
+            tensors[f"{split}_probs"], tensors[f"{split}_labels"] = probs.float().contiguous(), labels.contiguous()
+        atomic_write(self.out / name, lambda path: save_file(tensors, str(path)), "the held-out predictions")
         return name
 
     # -- checkpoints ----------------------------------------------------------------------------------------
