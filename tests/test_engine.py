@@ -155,19 +155,24 @@ def test_disagreement_is_the_mean_share_of_images_two_members_label_differently(
     assert disagreement(members[:1] * 2) == 0.0
 
 
-def test_resume_after_an_interruption_ends_with_the_same_weights(teacher_dir, tmp_path, monkeypatch):
+# interrupted in stage 2 after its checkpoint at 4: the only student's (step 8 + 5), or the second student's
+# (8 + 6 + 5), which must go on from its own weights, not from the finished first student's
+@pytest.mark.parametrize("students, at_call", [(1, 13), (2, 19)])
+def test_resume_after_an_interruption_ends_with_the_same_weights(teacher_dir, tmp_path, monkeypatch, students,
+                                                                 at_call):
     config = tiny(method="fsp", teacher=str(teacher_dir), stage1=Schedule(iterations=8, lr=1e-4),
-                  fsp_lambda=0.01)
-    train(config, tmp_path / "straight", progress=False)
-    # interrupted in stage 2, after its checkpoint at 4
-    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=13)
+                  fsp_lambda=0.01, students=students)
+    straight = train(config, tmp_path / "straight", progress=False)
+    train_until_interrupted(config, tmp_path / "resumed", monkeypatch, at_call=at_call)
     summary = train(config, tmp_path / "resumed", resume=True, progress=False)
-    a = load_checkpoint(tmp_path / "straight" / "final.pt")["model"]
-    b = load_checkpoint(tmp_path / "resumed" / "final.pt")["model"]
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert [s["val_acc"] for s in summary["per_student"]] == [s["val_acc"] for s in straight["per_student"]]
+    for final in [f"final-{k}.pt" for k in range(1, students + 1)] if students > 1 else ["final.pt"]:
+        a = load_checkpoint(tmp_path / "straight" / final)["model"]
+        b = load_checkpoint(tmp_path / "resumed" / final)["model"]
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{final} {key}")
     rows = read_rows(tmp_path / "resumed" / "metrics.csv")
-    keys = [(r["stage"], r["iteration"]) for r in rows]
+    keys = [(r.get("student"), r["stage"], r["iteration"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(read_rows(tmp_path / "straight" / "metrics.csv"))
     assert summary["stages"]["stage1"]["iterations"] == 8
 

@@ -36,7 +36,9 @@ def walk(run: Run, records: Records, resume: bool, progress: bool) -> dict:
             if (shared and student > 0) or (student, index) < (start.student, start.stage_index):
                 continue
             resumed = saved if (student, index) == (start.student, start.stage_index) else None
-            if resumed is None:
+            if resumed is not None:  # the students finished before it were loaded into the network to be scored
+                run.student.load_state_dict(resumed["model"])
+            else:
                 _begin(run, records, student, index)
                 if index > 0 and student == 0 and run.config.task_lr_candidates:
                     records.log_probe(choose_task_lr(run))
@@ -50,12 +52,11 @@ def walk(run: Run, records: Records, resume: bool, progress: bool) -> dict:
 
 
 def restore(run: Run, records: Records) -> tuple[Position, dict]:
-    """The position and training state saved in ``checkpoints/last.pt``, with the student (and any extra
-    modules) loaded from it. A stage that was complete is resumed with no steps left, so the walk goes on as if
-    it had never stopped."""
+    """The position and training state saved in ``checkpoints/last.pt``, with any extra modules loaded from it
+    (the walk loads the student's weights when it reaches that student). A stage that was complete is resumed
+    with no steps left, so the walk goes on as if it had never stopped."""
     saved = load_checkpoint(records.last_state)
     position = Position(*saved["position"])
-    run.student.load_state_dict(saved["model"])
     stage = run.method.stages[position.stage_index]
     for name, module in run.method.extra_modules(stage).items():
         module.load_state_dict(saved["extra"][name])
