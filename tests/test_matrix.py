@@ -146,3 +146,23 @@ def test_the_table1_rows_not_run_yet_keep_the_table_s_columns():
     spec = {"table1": {"cell": "t", "full": 4, "third": 2}, "cells": {"t": {"student": "resnet8"}}}
     lines = [line for line in table1_section(spec, {}).splitlines() if line.startswith("|")]
     assert len(lines) == 8 and len({line.count("|") for line in lines}) == 1
+
+
+def test_an_arm_resumed_from_an_earlier_process_says_its_elapsed_time_is_partial(tmp_path, monkeypatch):
+    (tmp_path / "m.yaml").write_text(SPEC)
+    monkeypatch.chdir(tmp_path)
+    command = ["study", "--matrix", "m.yaml", "--cells", "x", "--arms", "scratch;kd", "--out", "runs",
+               "--results", "results", "--quiet"]
+    assert main(command) == 0
+    whole = json.loads((tmp_path / "results" / "x-b4-kd.json").read_text())
+    assert whole["resumed"] is False and "resumed" not in (tmp_path / "results" / "report.md").read_text()
+    # an earlier process left a checkpoint and no summary: this one finishes the arm from it
+    (tmp_path / "results" / "x-b4-kd.json").unlink()
+    (tmp_path / "runs" / "x-b4-kd" / "summary.json").unlink()
+    assert (tmp_path / "runs" / "x-b4-kd" / "checkpoints" / "last.pt").exists()
+    assert main(command) == 0
+    resumed = json.loads((tmp_path / "results" / "x-b4-kd.json").read_text())
+    assert resumed["resumed"] is True and resumed["finals"] == whole["finals"]
+    report = (tmp_path / "results" / "report.md").read_text()
+    assert f"resumed ({round(resumed['elapsed_s'])} in the last process)" in report
+    assert "- Resumed across processes: kd." in report

@@ -131,12 +131,13 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
                     continue
                 if progress:
                     print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
-                started, trained = time.perf_counter(), False
+                started, trained, resumed = time.perf_counter(), False, any(map(kept_work, folders))
                 for folder, config in runs:
                     if not (folder / "summary.json").exists():
                         train(config, folder, resume=True, progress=progress)
                         trained = True
-                write_result(results / f"{key}.json", folders, time.perf_counter() - started if trained else None)
+                write_result(results / f"{key}.json", folders, time.perf_counter() - started if trained else None,
+                             resumed)
     return write_matrix_report(spec, results)
 
 
@@ -164,17 +165,25 @@ def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: b
                  "eval_every": teacher.get("eval_every", 500)}
         if progress:
             print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
-        started, trained = time.perf_counter(), not (folder / "summary.json").exists()
+        started, trained, resumed = time.perf_counter(), not (folder / "summary.json").exists(), kept_work(folder)
         if trained:
             train(resolve_config(given), folder, resume=True, progress=progress)
-        write_result(record, [folder], time.perf_counter() - started if trained else None)
+        write_result(record, [folder], time.perf_counter() - started if trained else None, resumed)
     return {"teacher": str(folder / "final.pt"), "teacher_model": None}
 
 
-def write_result(path: Path, folders: list[Path], elapsed_s: float | None) -> dict:
+def kept_work(folder: Path) -> bool:
+    """Whether an earlier process left work in a run folder that this one builds on (a finished member or a
+    checkpoint to resume): then this process's elapsed time is not the arm's."""
+    return (folder / "summary.json").exists() or (folder / "checkpoints" / "last.pt").exists()
+
+
+def write_result(path: Path, folders: list[Path], elapsed_s: float | None, resumed: bool = False) -> dict:
     """One finished arm (its run, or its members' runs) as a JSON result: per-student accuracies and curves, the
-    ensemble and its disagreement, wall times and cost. ``elapsed_s`` is None for runs that had finished before
-    (adopted as they are)."""
+    ensemble and its disagreement, wall times and cost. ``elapsed_s`` is this process's time, None for runs that
+    had finished before (adopted as they are); ``resumed`` says that earlier processes did part of the work, so
+    that ``elapsed_s`` covers only the rest and the cost is at least the runs' own training wall, which
+    checkpoints carry across processes."""
     import torch
 
     summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
@@ -194,7 +203,7 @@ def write_result(path: Path, folders: list[Path], elapsed_s: float | None) -> di
         "stages": _summed_stages(summaries), "training_wall_s": training_wall,
         "curves": [curve for folder in folders for curve in student_curves(folder)],
         "cadence_subset": first.get("cadence_subset"),  # None: the curves' inner points are not comparable
-        "elapsed_s": elapsed_s, "threads": threads,
+        "elapsed_s": elapsed_s, "resumed": resumed, "threads": threads,
         "core_hours": (max(elapsed_s or 0.0, training_wall) * threads) / 3600,
         "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
         "config": config,

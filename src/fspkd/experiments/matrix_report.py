@@ -98,7 +98,7 @@ def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | N
         rows.append([arm, _mean_std(r), " / ".join(f"{v:.2f}" for v in r["finals"]),
                      None if gain is None else f"{gain:+.2f}", r["ensemble"], r.get("disagreement"),
                      _task_lr(r) if arm.startswith("fsp") else "-", round(_mean_wall(r)), reach,
-                     "-" if r["elapsed_s"] is None else round(r["elapsed_s"]), f"{r['core_hours']:.2f}"])
+                     _elapsed(r), f"{r['core_hours']:.2f}"])
     header = ["arm", "val acc (%) mean ± std", "per student", "vs scratch", "ensemble", "disagreement", "task lr",
               "wall per student (s, stage 1 incl.)", "time to scratch's final mean",
               "arm elapsed (s, all students, evaluations and store builds incl.)", "core-hours"]
@@ -107,7 +107,7 @@ def cell_section(cell: str, setting: dict, budget: int, arms: dict[str, dict | N
              f"- Cost: {cost:.2f} core-hours for the cell's own arms"
              + (f", {scratch['core_hours']:.2f} for scratch (shared by the cells with this student)." if scratch
                 else "."),
-             *evaluation_share(done), *criteria(setting, budget, done)]
+             *resumed_note(done), *evaluation_share(done), *criteria(setting, budget, done)]
     if missing:
         lines.append(f"- Not run yet: {', '.join(missing)}.")
     figures.mkdir(parents=True, exist_ok=True)
@@ -134,6 +134,14 @@ def criteria(setting: dict, budget: int, done: dict[str, dict]) -> list[str]:
     return lines
 
 
+def resumed_note(done: dict[str, dict]) -> list[str]:
+    resumed = [arm for arm, r in done.items() if _elapsed(r).startswith("resumed")]
+    if not resumed:
+        return []
+    return [f"- Resumed across processes: {', '.join(resumed)}. Their core-hours count the runs' training wall,"
+            " which checkpoints carry over, and leave out the evaluations and store builds of earlier processes."]
+
+
 def evaluation_share(done: dict[str, dict]) -> list[str]:
     """The evaluations' seconds against the training seconds of the arms that recorded them (runs of earlier
     versions did not)."""
@@ -154,6 +162,15 @@ def _task_lr(r: dict) -> str:
     """The probed task lr, or each member's where they differ."""
     lrs = r["task_lr"] if isinstance(r["task_lr"], list) else [r["task_lr"]]
     return " / ".join(f"{lr:g}" for lr in lrs)
+
+
+def _elapsed(r: dict) -> str:
+    """The arm's elapsed seconds where one process ran it all; a resumed arm's process saw only its last part (a
+    result written before ``resumed`` was recorded shows it by an elapsed time under its training wall)."""
+    if r["elapsed_s"] is None:
+        return "-"
+    resumed = r.get("resumed", r["elapsed_s"] < r["training_wall_s"])
+    return f"resumed ({round(r['elapsed_s'])} in the last process)" if resumed else str(round(r["elapsed_s"]))
 
 
 def _mean_wall(r: dict) -> float:
