@@ -135,7 +135,7 @@ def criteria(setting: dict, budget: int, done: dict[str, dict]) -> list[str]:
 
 
 def resumed_note(done: dict[str, dict]) -> list[str]:
-    resumed = [arm for arm, r in done.items() if _elapsed(r).startswith("resumed")]
+    resumed = [arm for arm, r in done.items() if _resumed(r)]
     if not resumed:
         return []
     return [f"- Resumed across processes: {', '.join(resumed)}. Their core-hours count the runs' training wall,"
@@ -164,13 +164,19 @@ def _task_lr(r: dict) -> str:
     return " / ".join(f"{lr:g}" for lr in lrs)
 
 
+def _resumed(r: dict) -> bool:
+    """Whether earlier processes did part of the arm's work (a result written before ``resumed`` was recorded
+    shows it by an elapsed time under its training wall)."""
+    if r["elapsed_s"] is None:  # adopted as it was: no process of the matrix timed it
+        return False
+    return r.get("resumed", r["elapsed_s"] < r["training_wall_s"])
+
+
 def _elapsed(r: dict) -> str:
-    """The arm's elapsed seconds where one process ran it all; a resumed arm's process saw only its last part (a
-    result written before ``resumed`` was recorded shows it by an elapsed time under its training wall)."""
+    """The arm's elapsed seconds where one process ran it all; a resumed arm's process saw only its last part."""
     if r["elapsed_s"] is None:
         return "-"
-    resumed = r.get("resumed", r["elapsed_s"] < r["training_wall_s"])
-    return f"resumed ({round(r['elapsed_s'])} in the last process)" if resumed else str(round(r["elapsed_s"]))
+    return f"resumed ({round(r['elapsed_s'])} in the last process)" if _resumed(r) else str(round(r["elapsed_s"]))
 
 
 def _mean_wall(r: dict) -> float:
