@@ -3,7 +3,8 @@
 A matrix (``matrix.yaml`` beside this module, or a user's file of the same shape) names teachers and cells. A
 cell is a teacher, a student architecture and task-stage budgets; every cell trains the study's arms (scratch, the
 default FSP recipe, KD, FitNet) with the same students, schedules and validation split. Scratch runs depend on the
-student alone, so cells that share a student share them.
+student alone, so cells that share a student share them. A teacher that the matrix trains is trained when the
+first arm that learns from it runs, so a scratch-only request trains none.
 
 Each finished arm leaves one JSON result under ``results`` (accuracies, curves, wall times, core-hours, the
 settings it ran with), written the moment it ends; a re-run skips every arm that has one, so a matrix can be
@@ -119,8 +120,7 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
     results.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         setting = spec["cells"][cell]
-        teacher = prepare_teacher(spec, setting["teacher"], out, results, progress)
-        base = {**shared_settings(spec), "model": setting["student"], **teacher}
+        base = {**shared_settings(spec), "model": setting["student"], **teacher_settings(spec, setting["teacher"], out)}
         for budget in [b for b in setting["budgets"] if not budgets or b in budgets]:
             for arm in [a for a in cell_arms(spec, cell) if not arms or a in arms]:
                 key = arm_key(cell, setting["student"], budget, arm)
@@ -131,12 +131,13 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
                     continue
                 if progress:
                     print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
-                started, trained, resumed = time.perf_counter(), False, any(map(kept_work, folders))
-                for folder, config in runs:
-                    if not (folder / "summary.json").exists():
-                        train(config, folder, resume=True, progress=progress)
-                        trained = True
-                write_result(results / f"{key}.json", folders, time.perf_counter() - started if trained else None,
+                pending = [(folder, config) for folder, config in runs if not (folder / "summary.json").exists()]
+                if pending and arm != "scratch":  # scratch never reads the teacher: asking for it trains none
+                    prepare_teacher(spec, setting["teacher"], out, results, progress)
+                started, resumed = time.perf_counter(), any(map(kept_work, folders))
+                for folder, config in pending:
+                    train(config, folder, resume=True, progress=progress)
+                write_result(results / f"{key}.json", folders, time.perf_counter() - started if pending else None,
                              resumed)
     return write_matrix_report(spec, results)
 
@@ -149,27 +150,33 @@ def arm_runs(arm: str, budget: int, base: dict, folder: Path) -> list[tuple[Path
             for k in range(1, base["students"] + 1)]
 
 
-def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: bool) -> dict:
-    """The teacher settings of the runs of a cell; a ``train:`` teacher is trained first (once) and recorded."""
-    from fspkd.training.run import train
-
+def teacher_settings(spec: dict, name: str, out: Path) -> dict:
+    """The teacher settings of the runs of a cell: a ``weights:`` file, or where a ``train:`` teacher ends."""
     teacher = spec["teachers"][name]
     if "weights" in teacher:
         return {"teacher": teacher["weights"], "teacher_model": teacher["model"],
                 "teacher_options": teacher.get("options", {})}
-    folder = teacher_folder(out, name)
+    return {"teacher": str(teacher_folder(out, name) / "final.pt"), "teacher_model": None}
+
+
+def prepare_teacher(spec: dict, name: str, out: Path, results: Path, progress: bool) -> None:
+    """Train a ``train:`` teacher (once) and record it; a ``weights:`` teacher is ready as it is."""
+    from fspkd.training.run import train
+
+    teacher = spec["teachers"][name]
     record = results / f"teacher-{name}.json"
-    if not record.exists():
-        given = {**shared_settings(spec), "students": 1, "method": "plain", "model": teacher["model"],
-                 "model_options": teacher.get("options", {}), "task": teacher["train"],
-                 "eval_every": teacher.get("eval_every", 500)}
-        if progress:
-            print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
-        started, trained, resumed = time.perf_counter(), not (folder / "summary.json").exists(), kept_work(folder)
-        if trained:
-            train(resolve_config(given), folder, resume=True, progress=progress)
-        write_result(record, [folder], time.perf_counter() - started if trained else None, resumed)
-    return {"teacher": str(folder / "final.pt"), "teacher_model": None}
+    if "weights" in teacher or record.exists():
+        return
+    folder = teacher_folder(out, name)
+    given = {**shared_settings(spec), "students": 1, "method": "plain", "model": teacher["model"],
+             "model_options": teacher.get("options", {}), "task": teacher["train"],
+             "eval_every": teacher.get("eval_every", 500)}
+    if progress:
+        print(f"== matrix teacher {name} ({teacher['model']})", flush=True)
+    started, trained, resumed = time.perf_counter(), not (folder / "summary.json").exists(), kept_work(folder)
+    if trained:
+        train(resolve_config(given), folder, resume=True, progress=progress)
+    write_result(record, [folder], time.perf_counter() - started if trained else None, resumed)
 
 
 def kept_work(folder: Path) -> bool:
