@@ -111,8 +111,6 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
                arms: list[str] | None = None, budgets: list[int] | None = None) -> str:
     """Train every arm of ``cells`` (only ``arms`` and ``budgets`` where given) that has no result yet, writing each
     result as it ends; return the report."""
-    from fspkd.training.run import train
-
     known = {arm for cell in cells for arm in cell_arms(spec, cell)}
     unknown = sorted(set(arms or []) - known)
     if unknown:
@@ -120,26 +118,35 @@ def run_matrix(spec: dict, cells: list[str], out: Path, results: Path, progress:
     results.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         setting = spec["cells"][cell]
-        base = {**shared_settings(spec), "model": setting["student"], **teacher_settings(spec, setting["teacher"], out)}
         for budget in [b for b in setting["budgets"] if not budgets or b in budgets]:
             for arm in [a for a in cell_arms(spec, cell) if not arms or a in arms]:
-                key = arm_key(cell, setting["student"], budget, arm)
-                runs = arm_runs(arm, budget, {**base, "eval_every": max(1, budget // EVALS_PER_STAGE)}, out / key)
-                folders = [folder for folder, _ in runs]
-                if (results / f"{key}.json").exists():
-                    add_disagreement(results / f"{key}.json", folders)
-                    continue
-                if progress:
-                    print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
-                pending = [(folder, config) for folder, config in runs if not (folder / "summary.json").exists()]
-                if pending and arm != "scratch":  # scratch never reads the teacher: asking for it trains none
-                    prepare_teacher(spec, setting["teacher"], out, results, progress)
-                started, resumed = time.perf_counter(), any(map(kept_work, folders))
-                for folder, config in pending:
-                    train(config, folder, resume=True, progress=progress)
-                write_result(results / f"{key}.json", folders, time.perf_counter() - started if pending else None,
-                             resumed)
+                run_arm(spec, cell, budget, arm, out, results, progress)
     return write_matrix_report(spec, results)
+
+
+def run_arm(spec: dict, cell: str, budget: int, arm: str, out: Path, results: Path, progress: bool) -> None:
+    """Train one arm of a cell unless it has a result, then write its result (an earlier result gets only the
+    ensemble's disagreement where it lacks it)."""
+    from fspkd.training.run import train
+
+    setting = spec["cells"][cell]
+    key = arm_key(cell, setting["student"], budget, arm)
+    base = {**shared_settings(spec), "model": setting["student"], **teacher_settings(spec, setting["teacher"], out),
+            "eval_every": max(1, budget // EVALS_PER_STAGE)}
+    runs = arm_runs(arm, budget, base, out / key)
+    folders = [folder for folder, _ in runs]
+    if (results / f"{key}.json").exists():
+        add_disagreement(results / f"{key}.json", folders)
+        return
+    if progress:
+        print(f"== matrix cell {cell}, budget {budget}: {arm} ({key})", flush=True)
+    pending = [(folder, config) for folder, config in runs if not (folder / "summary.json").exists()]
+    if pending and arm != "scratch":  # scratch never reads the teacher: asking for it trains none
+        prepare_teacher(spec, setting["teacher"], out, results, progress)
+    started, resumed = time.perf_counter(), any(map(kept_work, folders))
+    for folder, config in pending:
+        train(config, folder, resume=True, progress=progress)
+    write_result(results / f"{key}.json", folders, time.perf_counter() - started if pending else None, resumed)
 
 
 def arm_runs(arm: str, budget: int, base: dict, folder: Path) -> list[tuple[Path, object]]:
