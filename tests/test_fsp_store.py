@@ -184,14 +184,40 @@ def test_the_store_pays_from_as_many_stage1_forwards_as_its_build_takes(tmp_path
     method = make_method()
 
     def pays(loader, forwards):
-        return fsp_store.store_pays(method.teacher, method.teacher_pairs, loader, forwards, views=3,
-                                    dtype="float32", folder=tmp_path)[0]
+        return fsp_store.store_pays(method.teacher, method.live_teacher_matrices, method.teacher_pairs, loader,
+                                    forwards, views=3, dtype="float32", folder=tmp_path)[0]
 
     augmented, plain = make_loader(make_images()), make_loader(make_images(), augment=False)
     assert not pays(augmented, 48 * 3 - 1) and pays(augmented, 48 * 3)  # 48 images x 3 views
     assert not pays(plain, 47) and pays(plain, 48)  # one view: the image itself
     bind(method, augmented, tmp_path)
     assert pays(augmented, 1)  # built: free from then on
+
+
+def test_the_store_pays_only_where_it_fits_half_the_free_disk_and_half_the_memory(tmp_path, monkeypatch):
+    method, loader = make_method(), make_loader(make_images())
+    # ResNet-8's pairs: 16x16, 16x32, 32x64 entries, float32, 48 images x 3 views
+    size = 48 * 3 * (16 * 16 + 16 * 32 + 32 * 64) * 4
+
+    def pays(free, memory):
+        monkeypatch.setattr(fsp_store, "free_bytes", lambda folder: free)
+        monkeypatch.setattr(fsp_store, "memory_bytes", lambda: memory)
+        return fsp_store.store_pays(method.teacher, method.live_teacher_matrices, method.teacher_pairs, loader,
+                                    10**6, views=3, dtype="float32", folder=tmp_path)
+
+    assert pays(2 * size, 2 * size)[0]
+    stored, why = pays(2 * size - 2, 10**12)
+    assert not stored and f"would take {size / 1e9:.1f} GB" in why and f"free in {tmp_path}" in why
+    stored, why = pays(10**12, 2 * size - 2)
+    assert not stored and "of memory" in why
+
+
+def test_a_store_that_does_not_fit_its_disk_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    method, loader = make_method(), make_loader(make_images())
+    monkeypatch.setattr(fsp_store, "free_bytes", lambda folder: 1000)
+    with pytest.raises(FspkdError, match=rf"{tmp_path}: stored teacher FSP needs .* GB, 0.0 GB free there"):
+        bind(method, loader, tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

@@ -117,8 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                          default=argparse.SUPPRESS)
     distill.add_argument("--stored-fsp", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="stage 1 reads the teacher's FSP matrices from a store built once (in the data cache) "
-                         "instead of running the teacher; default (auto): where the store exists or costs no more "
-                         "teacher passes than stage 1 (docs/performance.md)")
+                         "instead of running the teacher; default (auto): where the store exists, or costs no more "
+                         "teacher passes than stage 1 and takes at most half the free disk and memory "
+                         "(docs/performance.md)")
     distill.add_argument("--compile-teacher", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                          help="torch.compile the live FSP teacher (faster steps after a compilation at start)")
     distill.add_argument("--fsp-pre-relu", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,

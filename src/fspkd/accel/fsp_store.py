@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,7 +56,8 @@ class FspStore:
             self.targets = np.load(path.with_suffix(".npy"), mmap_mode="r")
             view_table = torch.from_numpy(np.load(path.with_suffix(".views.npy")).astype(np.int64))
         except (OSError, ValueError) as err:
-            raise FspkdError(f"{path}: cannot read the stored FSP targets ({err}); delete the files to rebuild") from None
+            raise FspkdError(f"{path}: cannot read the stored FSP targets ({err}); delete the files to rebuild") \
+                from None
         self.shapes = [tuple(s) for s in self.meta["shapes"]]
         self.views = FixedViews(view_table[..., 0], view_table[..., 1], view_table[..., 2].bool(), self.meta["pad"])
 
@@ -102,31 +105,62 @@ def store_stem(teacher: torch.nn.Module, pairs, loader, *, views: int, dtype: st
     return path / store_key(teacher, pairs, loader, fixed, dtype), fixed
 
 
-def store_pays(teacher: torch.nn.Module, pairs, loader, stage1_forwards: int, *, views: int, dtype: str,
-               folder: str | Path | None = None) -> tuple[bool, str]:
+def store_pays(teacher: torch.nn.Module, teacher_fn: TeacherFn, pairs, loader, stage1_forwards: int, *,
+               views: int, dtype: str, folder: str | Path | None = None) -> tuple[bool, str]:
     """``stored_fsp: auto``: whether stage 1 reads stored teacher FSP, and why, in a line for the progress output.
 
     Stored when a store with this run's key is already on disk (it costs nothing), or when building it costs no
     more teacher forwards than stage 1 would run live: ``stage1_forwards`` (stage-1 iterations x global batch)
-    at least the training images x the views per image (one view without augmentation). Otherwise live. The
-    rule counts forwards, not seconds: under several processes rank 0 builds alone while the others wait, so
-    there the store pays later than the rule says. Rank 0 looks for the store and tells the others, so every
-    rank decides alike even where the file system differs between them.
+    at least the training images x the views per image (one view without augmentation), and when the store
+    takes at most half the free disk and half the machine's memory (stage 1 reads it at random: a store larger
+    than the page cache is read from disk at every step). Otherwise live. The rule counts forwards, not
+    seconds: under several processes rank 0 builds alone while the others wait, so there the store pays later
+    than the rule says. Rank 0 looks for the store and at its room and tells the others, so every rank decides
+    alike even where the file system differs between them.
     """
     stem, fixed = store_stem(teacher, pairs, loader, views=views, dtype=dtype, folder=folder)
-    exists = stem.with_suffix(".npy").is_file()
+    said = [stem.with_suffix(".npy").is_file(), free_bytes(stem.parent), memory_bytes()]
     if dist.is_initialized():
-        said = [exists]
         dist.broadcast_object_list(said, src=0)
-        exists = bool(said[0])
+    exists, free, memory = said
     build = len(loader.images) * fixed.count
     if exists:
         return True, f"stage 1 reads the stored teacher FSP already in {stem.parent}"
-    if stage1_forwards >= build:
-        return True, (f"stage 1 builds and reads stored teacher FSP: {build} teacher forwards once, against "
-                      f"{stage1_forwards} live")
-    return False, (f"stage 1 runs the teacher live: {stage1_forwards} teacher forwards, fewer than the {build} "
-                   "that building stored FSP would take")
+    if stage1_forwards < build:
+        return False, (f"stage 1 runs the teacher live: {stage1_forwards} teacher forwards, fewer than the {build} "
+                       "that building stored FSP would take")
+    size = store_bytes(pair_shapes(teacher_fn, loader), len(loader.images), fixed, dtype)
+    if size > free // 2 or size > memory // 2:
+        room = (f"half the {_gb(free)} free in {stem.parent}" if size > free // 2
+                else f"half the machine's {_gb(memory)} of memory")
+        return False, f"stage 1 runs the teacher live: stored teacher FSP would take {_gb(size)}, more than {room}"
+    return True, (f"stage 1 builds and reads stored teacher FSP ({_gb(size)}): {build} teacher forwards once, "
+                  f"against {stage1_forwards} live")
+
+
+def store_bytes(shapes: Sequence[tuple[int, int]], images: int, views: FixedViews, dtype: str) -> int:
+    """The size of the store's matrices: every image in every view, every pair's m*n entries."""
+    return images * views.count * sum(m * n for m, n in shapes) * np.dtype(DTYPES[dtype]).itemsize
+
+
+def pair_shapes(teacher_fn: TeacherFn, loader) -> list[tuple[int, int]]:
+    """The (m, n) of each of the teacher's FSP matrices, from a forward pass of two images."""
+    with torch.inference_mode():
+        return [tuple(g.shape[1:]) for g in teacher_fn(loader.normalise(loader.images[:2].clone()))]
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds ``folder`` (or would: its nearest existing parent)."""
+    existing = next(path for path in [folder, *folder.parents] if path.exists())
+    return shutil.disk_usage(existing).free
+
+
+def memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
 
 
 def store_key(teacher: torch.nn.Module, pairs, loader, views: FixedViews, dtype: str) -> str:
@@ -159,20 +193,22 @@ def build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, d
     """Run the teacher over every image in every view and write the store's three files."""
     started = time.perf_counter()
     images = loader.images
-    with torch.inference_mode():
-        shapes = [tuple(g.shape[1:]) for g in teacher_fn(loader.normalise(images[:2].clone()))]
+    shapes = pair_shapes(teacher_fn, loader)
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FspkdError(f"{stem.parent}: cannot create the FSP target store folder ({err})") from None
+    size, free = store_bytes(shapes, len(images), views, dtype), free_bytes(stem.parent)
+    if size > free:  # checked first: a memory-mapped file that outgrows its disk kills the process
+        raise FspkdError(f"{stem.parent}: stored teacher FSP needs {_gb(size)}, {_gb(free)} free there; point "
+                         "$FSPKD_CACHE at a larger disk or run the teacher live (--no-stored-fsp)")
     table = torch.stack([views.offset_y, views.offset_x, views.flips.long()], -1).to(torch.int16).numpy()
     _write(stem.with_suffix(".views.npy"), lambda path: _save_array(path, table))
     meta = {"format": FORMAT_VERSION, "pairs": [list(p) for p in pairs], "shapes": shapes, "pad": views.pad,
             "views": views.count, "images": len(images), "dtype": dtype}
     _write(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
-    width = sum(m * n for m, n in shapes)
-    _write(stem.with_suffix(".npy"),
-                      lambda path: _fill_targets(path, teacher_fn, loader, views, (len(images), views.count, width), dtype))
+    shape = (len(images), views.count, sum(m * n for m, n in shapes))
+    _write(stem.with_suffix(".npy"), lambda path: _fill_targets(path, teacher_fn, loader, views, shape, dtype))
     meta["build_s"] = round(time.perf_counter() - started, 1)
     _write(stem.with_suffix(".json"), lambda path: path.write_text(json.dumps(meta, indent=1)))
 

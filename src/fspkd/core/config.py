@@ -73,7 +73,7 @@ class RunConfig:
     data: str = "synthetic"  # KIND:PATH or a built-in name
     val_split: float = 0.0  # fraction of train held out for validation
     normalize: str = "dataset"  # dataset | imagenet | none | R,G,B:R,G,B
-    augment: bool | None = None  # pad 4 + random crop; None = the data set's default (paper: CIFAR-10 yes, CIFAR-100 no)
+    augment: bool | None = None  # pad 4 + random crop; None = the data set's default (the paper: CIFAR-10 only)
     flip: bool = False  # random horizontal flips (the paper does not mention them)
     image_size: int | None = None  # for imagefolder / cub200 (resize + centre crop)
     batch_size: int = 128  # global batch over all ranks
@@ -107,7 +107,7 @@ class RunConfig:
     shuffle_seed: int | None = None  # shuffled-FSP student (the paper's dagger); None = the teacher as is
     # stored teacher FSP (fspkd.accel.fsp_store): stage 1 reads the teacher's matrices from disk instead of running it
     # true: compute the teacher's FSP once per image and view, reuse across runs; auto: where that costs no more
-    # than running the teacher live (the rule: fspkd.accel.fsp_store.store_pays)
+    # than running the teacher live and fits half the free disk and memory (fspkd.accel.fsp_store.store_pays)
     stored_fsp: bool | str = "auto"
     stored_fsp_views: int = 4  # fixed augmented views (crop offset + flip) stored per image
     stored_fsp_dtype: str = "float16"  # float16 | float32 storage (matrices are used as float32)

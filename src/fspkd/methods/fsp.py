@@ -151,8 +151,9 @@ class FSP(Method):
             return False, None
         from fspkd.accel.fsp_store import store_pays
 
-        return store_pays(self.teacher, self.teacher_pairs, loader, config.stage1.iterations * config.batch_size,
-                          views=config.stored_fsp_views, dtype=config.stored_fsp_dtype)
+        return store_pays(self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
+                          config.stage1.iterations * config.batch_size, views=config.stored_fsp_views,
+                          dtype=config.stored_fsp_dtype)
 
     def teacher_matrices(self, images):
         """The stage-1 targets of ``images``: the teacher's FSP matrices (live or stored), channel-shuffled if
