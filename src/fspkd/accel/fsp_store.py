@@ -156,6 +156,7 @@ def free_bytes(folder: Path) -> int:
 
 
 def memory_bytes() -> int:
+    """This machine's physical memory."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
