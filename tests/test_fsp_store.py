@@ -268,6 +268,17 @@ def test_auto_runs_live_where_the_store_cannot_serve_and_true_keeps_its_error(te
     assert "stored_fsp" not in kd
 
 
+def test_a_forced_store_that_would_not_fit_its_disk_stops_the_dry_run_and_leaves_nothing(teacher_run, tmp_path,
+                                                                                         cache, monkeypatch):
+    from fspkd.training.run import train
+
+    monkeypatch.setattr(fsp_store, "free_bytes", lambda folder: 1000)
+    with pytest.raises(FspkdError, match="stored teacher FSP needs .* GB, 0.0 GB free there"):
+        train(auto(teacher_run, 10, stored_fsp=True), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists() and not cache.exists()
+    assert train(auto(teacher_run, 10), tmp_path / "auto", progress=False)["stored_fsp"] is False  # auto: live
+
+
 def test_a_resumed_run_keeps_the_decision_made_at_its_start(teacher_run, tmp_path, cache, monkeypatch):
     from interrupts import train_until_interrupted
 

@@ -138,6 +138,23 @@ def store_pays(teacher: torch.nn.Module, teacher_fn: TeacherFn, pairs, loader, s
                   f"against {stage1_forwards} live")
 
 
+def check_store_room(teacher: torch.nn.Module, teacher_fn: TeacherFn, pairs, loader, *, views: int, dtype: str,
+                     folder: str | Path | None = None) -> None:
+    """A forced store's dry run: refuse, before a run writes anything, a store that is not built and would not fit
+    its disk."""
+    stem, fixed = store_stem(teacher, pairs, loader, views=views, dtype=dtype, folder=folder)
+    if not stem.with_suffix(".npy").is_file():
+        check_room(stem, pair_shapes(teacher_fn, loader), len(loader.images), fixed, dtype)
+
+
+def check_room(stem: Path, shapes, images: int, views: FixedViews, dtype: str) -> None:
+    """Refuse a store that would not fit the free disk where ``stem`` goes."""
+    size, free = store_bytes(shapes, images, views, dtype), free_bytes(stem.parent)
+    if size > free:
+        raise FspkdError(f"{stem.parent}: stored teacher FSP needs {_gb(size)}, {_gb(free)} free there; point "
+                         "$FSPKD_CACHE at a larger disk or run the teacher live (--no-stored-fsp)")
+
+
 def store_bytes(shapes: Sequence[tuple[int, int]], images: int, views: FixedViews, dtype: str) -> int:
     """The size of the store's matrices: every image in every view, every pair's m*n entries."""
     return images * views.count * sum(m * n for m, n in shapes) * np.dtype(DTYPES[dtype]).itemsize
@@ -199,10 +216,7 @@ def build(stem: Path, teacher_fn: TeacherFn, loader, views: FixedViews, pairs, d
         stem.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise FspkdError(f"{stem.parent}: cannot create the FSP target store folder ({err})") from None
-    size, free = store_bytes(shapes, len(images), views, dtype), free_bytes(stem.parent)
-    if size > free:  # checked first: a memory-mapped file that outgrows its disk kills the process
-        raise FspkdError(f"{stem.parent}: stored teacher FSP needs {_gb(size)}, {_gb(free)} free there; point "
-                         "$FSPKD_CACHE at a larger disk or run the teacher live (--no-stored-fsp)")
+    check_room(stem, shapes, len(images), views, dtype)  # a memory-mapped file outgrowing its disk kills the process
     table = torch.stack([views.offset_y, views.offset_x, views.flips.long()], -1).to(torch.int16).numpy()
     _write(stem.with_suffix(".views.npy"), lambda path: _save_array(path, table))
     meta = {"format": FORMAT_VERSION, "pairs": [list(p) for p in pairs], "shapes": shapes, "pad": views.pad,

@@ -87,6 +87,9 @@ class Method:
     def check(self, example: torch.Tensor) -> None:
         """Validate the set-up on one example batch before training (shapes, channel widths)."""
 
+    def check_loader(self, loader) -> None:
+        """Validate what the method will do with the training loader (a forced FSP store must fit its disk)."""
+
     def bind_loader(self, stage: str, loader) -> str | None:
         """Called with the training loader of ``stage`` before its first batch (stored FSP targets use it); may
         return a line for the progress output."""

@@ -141,6 +141,14 @@ class FSP(Method):
             )
         return note
 
+    def check_loader(self, loader) -> None:
+        """The dry run of a forced store (``stored_fsp: true``): one that is not built must fit its disk."""
+        if self.config.stored_fsp is True:
+            from fspkd.accel.fsp_store import check_store_room
+
+            check_store_room(self.teacher, self.live_teacher_matrices, self.teacher_pairs, loader,
+                             views=self.config.stored_fsp_views, dtype=self.config.stored_fsp_dtype)
+
     def _choose_store(self, loader) -> tuple[bool, str | None]:
         """``stored_fsp`` as set, or for ``auto`` the rule of ``fspkd.accel.fsp_store.store_pays``; live where the
         store cannot serve (micro-batches: it serves whole loader batches only)."""

@@ -81,12 +81,14 @@ def build_run(config: RunConfig, ctx: Context) -> Run:
     run = Run(config, ctx, splits, mean, std, augment, student, distiller)
     try:
         distiller.check(next(iter(run.loader(seed=config.seed, train=False)))[0].to(ctx.device))
+        distiller.built().check_loader(run.loader(seed=config.seed))
     except BaseException:
         distiller.close()
         raise
     if getattr(teacher, "headless_source", None) and ctx.rank == 0:  # after the method accepted it, not before
         print(f"fspkd: note: {teacher.headless_source} has no classifier weights: the teacher's classifier is left "
-              f"freshly initialised (fine for {config.method}, which does not use the teacher's outputs)", file=sys.stderr)
+              f"freshly initialised (fine for {config.method}, which does not use the teacher's outputs)",
+              file=sys.stderr)
     return run
 
 
