@@ -81,7 +81,6 @@ def build_run(config: RunConfig, ctx: Context) -> Run:
     run = Run(config, ctx, splits, mean, std, augment, student, distiller)
     try:
         distiller.check(next(iter(run.loader(seed=config.seed, train=False)))[0].to(ctx.device))
-        distiller.built().check_loader(run.loader(seed=config.seed))
     except BaseException:
         distiller.close()
         raise

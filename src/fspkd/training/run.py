@@ -73,8 +73,8 @@ def _train(config, out: Path, resume: bool, progress: bool, ctx, on_metrics) -> 
         return json.loads((out / "summary.json").read_text())
     try:
         run = build_run(config, ctx)  # reads data and checkpoints: bad input stops here
-        try:  # the training batches too (build_run tries evaluation batches): a batch larger than the data
-            run.loader(seed=config.seed)
+        try:  # the training batches too (build_run tries evaluation batches): a batch larger than the data, and
+            run.method.check_loader(run.loader(seed=config.seed))  # what the method does with them (FSP's store)
         except BaseException:
             run.method.close()
             raise
